@@ -1,0 +1,49 @@
+# echod — zero-downtime reloading echo daemon. `make` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+PREFIX ?= /usr/local
+DESTDIR ?=
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+BIN := bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+TEST_TIMEOUT ?= 12m
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build bin/echod and bin/echoload
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/echod ./cmd/echod
+	$(GO) build -o $(BIN)/echoload ./cmd/echoload
+
+run: build ## run echod on 127.0.0.1:7007 in the foreground (kill -HUP its pid to reload)
+	$(BIN)/echod -pid-file $(CURDIR)/$(BIN)/echod.pid -control $(CURDIR)/$(BIN)/echod.sock
+
+test: ## vet, staticcheck, then every test with -race (real systemd tests included)
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+check: test ## alias of test
+
+fuzz: ## run each fuzz target for a short while (FUZZTIME=30s)
+	@for t in $$($(GO) test -list '^Fuzz' ./... | grep -E '^Fuzz'); do \
+	  pkg=$$($(GO) test -list "^$$t$$" ./... 2>/dev/null | grep -B0 -A1 "^$$t$$" | tail -1 | awk '{print $$2}'); \
+	  echo "== $$t ($$pkg)"; $(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$${FUZZTIME:-30s} $$pkg || exit 1; done
+
+bench: build ## Go benchmarks and the echoload scenarios; writes bench/RESULTS.md
+	$(GO) test -run='^$$' -bench=. -benchmem ./daemon/ ./handoff/ ./systemd/
+
+install: build ## install echod, echoload and the unit files under $(DESTDIR)$(PREFIX)
+	install -D -m 0755 $(BIN)/echod $(DESTDIR)$(PREFIX)/bin/echod
+	install -D -m 0755 $(BIN)/echoload $(DESTDIR)$(PREFIX)/bin/echoload
+	install -D -m 0644 systemd/units/echod.socket $(DESTDIR)$(UNITDIR)/echod.socket
+	sed 's|/usr/local/bin/echod|$(PREFIX)/bin/echod|g' systemd/units/echod.service > $(BIN)/echod.service
+	install -D -m 0644 $(BIN)/echod.service $(DESTDIR)$(UNITDIR)/echod.service
+
+clean: ## remove build output
+	rm -rf $(BIN)
+
+.PHONY: help build run test check fuzz bench install clean

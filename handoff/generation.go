@@ -1,0 +1,484 @@
+package handoff
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+)
+
+// stateEnv carries a generation's hand-over state to the next one: its
+// number, the systemd-activated sockets it passes on, and where the new
+// generation reports success or failure. The new generation removes it
+// from its environment at once.
+const stateEnv = "ECHOD_HANDOFF"
+
+// Sentinel errors.
+var (
+	ErrStopped  = errors.New("handoff: stopped")
+	ErrUpgraded = errors.New("handoff: already upgraded; the new generation serves")
+)
+
+// Options configure a [Generation].
+type Options struct {
+	// UpgradeTimeout bounds how long a new generation may take to become
+	// ready before it is killed and the upgrade fails. Zero means 10s.
+	UpgradeTimeout time.Duration
+	// PIDFile, if set, is written atomically with the pid of each
+	// generation when it becomes ready.
+	PIDFile string
+	// StateDir holds the short-lived file through which a new generation
+	// reports its pid or its failure. Empty means $RUNTIME_DIRECTORY, or
+	// the system's temporary directory.
+	StateDir string
+	// Logger receives one line per event that matters. Nil discards.
+	Logger *slog.Logger
+	// Hooks are called by the goroutine that runs upgrades, in order.
+	Hooks Hooks
+	// Forward, if set, passes on requests that arrived while an upgrade
+	// that then succeeded was in flight: the new generation was exec'd
+	// before they were made, so it may not have seen what they were
+	// for (a new binary or configuration). echod sends the new pid a
+	// SIGHUP. When nil, such requests are coalesced into the upgrade.
+	Forward func(pid int) error
+}
+
+// Hooks let the program act at each step of an upgrade, for example to
+// tell systemd. Each may be nil. They run on the upgrade goroutine, so an
+// upgrade does not complete before they return.
+type Hooks struct {
+	// Starting runs before the new generation is exec'd.
+	Starting func()
+	// Succeeded runs once the new generation (pid) is ready, before any
+	// caller of Upgrade gets the result and before Exit is closed: the
+	// place to hand the main pid over.
+	Succeeded func(res Result)
+	// Failed runs after a failed upgrade; this generation still serves.
+	Failed func(err error)
+}
+
+// Result describes a successful upgrade.
+type Result struct {
+	PID        int // the new generation's process id
+	Generation int // its number (this one's plus one)
+}
+
+// state is what stateEnv holds.
+type state struct {
+	Generation int      `json:"generation"`
+	Status     string   `json:"status"`
+	Systemd    []string `json:"systemd,omitempty"` // names of passed systemd sockets, in order
+}
+
+// Generation is one process in the chain of an upgradable daemon. Only one
+// may exist per process.
+type Generation struct {
+	opts Options
+	log  *slog.Logger
+	upg  *tableflip.Upgrader
+	gen  int
+
+	parentState *state // nil in the first generation
+
+	mu      sync.Mutex
+	systemd []string // names of the systemd sockets registered, in order
+	ready   bool
+
+	reqs     chan chan upgradeReply
+	stopOnce sync.Once
+	stopC    chan struct{}
+	exitC    chan struct{}
+	runDone  chan struct{}
+	waitDone chan struct{} // closed when the previous generation exited
+	cancel   context.CancelFunc
+}
+
+type upgradeReply struct {
+	res Result
+	err error
+}
+
+// New starts this process's generation. In a process exec'd by a
+// generation's Upgrade it takes over the sockets that generation passed.
+func New(opts Options) (*Generation, error) {
+	if opts.UpgradeTimeout <= 0 {
+		opts.UpgradeTimeout = 10 * time.Second
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = os.Getenv("RUNTIME_DIRECTORY")
+		if i := strings.IndexByte(opts.StateDir, ':'); i >= 0 {
+			opts.StateDir = opts.StateDir[:i]
+		}
+		if opts.StateDir == "" {
+			opts.StateDir = os.TempDir()
+		}
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var ps *state
+	if raw, ok := os.LookupEnv(stateEnv); ok {
+		os.Unsetenv(stateEnv)
+		ps = new(state)
+		if err := json.Unmarshal([]byte(raw), ps); err != nil {
+			return nil, fmt.Errorf("handoff: %s from the previous generation: %w", stateEnv, err)
+		}
+	}
+	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: opts.UpgradeTimeout, PIDFile: opts.PIDFile})
+	if err != nil {
+		return nil, fmt.Errorf("handoff: %w", err)
+	}
+	if ps != nil && !upg.HasParent() {
+		ps = nil // stale variable, not from a live parent
+	}
+	g := &Generation{
+		opts:        opts,
+		log:         log,
+		upg:         upg,
+		gen:         1,
+		parentState: ps,
+		reqs:        make(chan chan upgradeReply),
+		stopC:       make(chan struct{}),
+		exitC:       make(chan struct{}),
+		runDone:     make(chan struct{}),
+		waitDone:    make(chan struct{}),
+	}
+	if ps != nil {
+		g.gen = ps.Generation + 1
+	}
+	return g, nil
+}
+
+// Number is the generation's number: 1 for the process that started the
+// chain, one more for each upgrade.
+func (g *Generation) Number() int { return g.gen }
+
+// HasParent reports whether this generation was started by an upgrade.
+func (g *Generation) HasParent() bool { return g.upg.HasParent() }
+
+// Fail tells the generation that started this one why it will not become
+// ready, so its Upgrade returns that reason. The caller exits afterwards.
+// Fail does nothing in the first generation.
+func (g *Generation) Fail(reason error) {
+	g.writeStatus("error " + oneLine(reason.Error()))
+}
+
+func (g *Generation) writeStatus(line string) {
+	if g.parentState == nil || g.parentState.Status == "" {
+		return
+	}
+	f, err := os.OpenFile(g.parentState.Status, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		g.log.Warn("cannot report to the previous generation", "err", err)
+		return
+	}
+	defer f.Close()
+	if _, err := f.WriteString(line + "\n"); err != nil {
+		g.log.Warn("cannot report to the previous generation", "err", err)
+	}
+}
+
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// Ready tells the previous generation, if any, that this one serves: it
+// stops accepting and drains. Inherited sockets that were not claimed
+// through Listeners or Listen are closed (stale Unix socket files of
+// listeners no longer configured are removed). After Ready, Upgrade
+// requests are served.
+func (g *Generation) Ready() error {
+	g.mu.Lock()
+	if g.ready {
+		g.mu.Unlock()
+		return nil
+	}
+	g.ready = true
+	g.mu.Unlock()
+	g.writeStatus("ok " + strconv.Itoa(os.Getpid()))
+	if err := g.upg.Ready(); err != nil {
+		return fmt.Errorf("handoff: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g.cancel = cancel
+	go func() {
+		defer close(g.waitDone)
+		if err := g.upg.WaitForParent(ctx); err != nil && ctx.Err() == nil {
+			g.log.Warn("previous generation misbehaved while exiting", "err", err)
+		}
+	}()
+	go g.run()
+	return nil
+}
+
+// WaitForParent blocks until the previous generation has exited, or ctx
+// ends. It returns at once in the first generation.
+func (g *Generation) WaitForParent(ctx context.Context) error {
+	if !g.HasParent() {
+		return nil
+	}
+	if err := g.upg.WaitForParent(ctx); err != nil {
+		return fmt.Errorf("handoff: %w", err)
+	}
+	return nil
+}
+
+// Upgrade execs a new generation and waits until it is ready or failed, or
+// until ctx ends (the upgrade itself goes on). Requests are queued: one
+// made while another upgrade runs, or while the previous generation is
+// still draining, is carried out after it. Several requests waiting at
+// once are coalesced into one upgrade. Upgrade returns [ErrUpgraded] once
+// this generation has been replaced and [ErrStopped] after Stop.
+func (g *Generation) Upgrade(ctx context.Context) (Result, error) {
+	g.mu.Lock()
+	ready := g.ready
+	g.mu.Unlock()
+	if !ready {
+		return Result{}, errors.New("handoff: not ready yet")
+	}
+	reply := make(chan upgradeReply, 1)
+	select {
+	case g.reqs <- reply:
+	case <-g.exitC:
+		return Result{}, ErrUpgraded
+	case <-g.runDone:
+		return Result{}, ErrStopped
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	}
+	select {
+	case r := <-reply:
+		return r.res, r.err
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	}
+}
+
+// Exit is closed after a successful upgrade, once Hooks.Succeeded has
+// returned: this generation should stop accepting, drain and exit.
+func (g *Generation) Exit() <-chan struct{} { return g.exitC }
+
+// Stop ends the generation for good: no more upgrades; pending requests
+// fail with ErrStopped. If no upgrade succeeded, the Unix socket files of
+// listeners this daemon bound itself are removed (socket-activated ones
+// are left to systemd). Stop waits for its goroutines to end.
+func (g *Generation) Stop() {
+	g.stopOnce.Do(func() {
+		close(g.stopC)
+		g.upg.Stop()
+	})
+	g.mu.Lock()
+	ready := g.ready
+	g.mu.Unlock()
+	if ready {
+		g.cancel()
+		<-g.runDone
+		<-g.waitDone
+	}
+	<-g.upg.Exit()
+}
+
+// run owns the upgrade queue.
+func (g *Generation) run() {
+	defer close(g.runDone)
+	var batch []chan upgradeReply
+	for {
+		if len(batch) == 0 {
+			select {
+			case r := <-g.reqs:
+				batch = append(batch, r)
+			case <-g.stopC:
+				return
+			}
+		}
+		if !g.waitParent(&batch) {
+			replyAll(batch, upgradeReply{err: ErrStopped})
+			return
+		}
+		done := make(chan upgradeReply, 1)
+		go func() { done <- g.upgradeOnce() }()
+		var next []chan upgradeReply
+		var res upgradeReply
+	wait:
+		for {
+			select {
+			case r := <-g.reqs:
+				next = append(next, r)
+			case res = <-done:
+				break wait
+			}
+		}
+		replyAll(batch, res)
+		if res.err == nil {
+			if len(next) > 0 {
+				// Asked for after the new generation was exec'd: pass the
+				// request on, so it is not lost.
+				if g.opts.Forward != nil {
+					g.log.Info("forwarding upgrade requests to the new generation", "pid", res.res.PID, "requests", len(next))
+					if err := g.opts.Forward(res.res.PID); err != nil {
+						g.log.Warn("cannot forward upgrade requests", "pid", res.res.PID, "err", err)
+					}
+				}
+				replyAll(next, res)
+			}
+			close(g.exitC)
+			g.drainRequests()
+			return
+		}
+		batch = next
+	}
+}
+
+// drainRequests answers requests that arrive after the upgrade until Stop.
+func (g *Generation) drainRequests() {
+	for {
+		select {
+		case r := <-g.reqs:
+			r <- upgradeReply{err: ErrUpgraded}
+		case <-g.stopC:
+			return
+		}
+	}
+}
+
+// waitParent waits for the previous generation to exit, queueing requests
+// meanwhile. It reports false if Stop came first.
+func (g *Generation) waitParent(batch *[]chan upgradeReply) bool {
+	for {
+		select {
+		case <-g.waitDone:
+			return true
+		default:
+		}
+		if len(*batch) == 1 {
+			g.log.Info("upgrade waits for the previous generation to finish draining")
+		}
+		select {
+		case <-g.waitDone:
+			return true
+		case r := <-g.reqs:
+			*batch = append(*batch, r)
+		case <-g.stopC:
+			return false
+		}
+	}
+}
+
+func replyAll(batch []chan upgradeReply, r upgradeReply) {
+	for _, c := range batch {
+		c <- r
+	}
+}
+
+// upgradeOnce runs one tableflip upgrade with the state file that lets the
+// new generation report back.
+func (g *Generation) upgradeOnce() upgradeReply {
+	if h := g.opts.Hooks.Starting; h != nil {
+		h()
+	}
+	started := time.Now()
+	g.log.Info("upgrade started", "generation", g.gen+1)
+	res, err := g.exec()
+	if err != nil {
+		err = fmt.Errorf("handoff: upgrade to generation %d: %w", g.gen+1, err)
+		g.log.Error("upgrade failed; this generation keeps serving", "err", err)
+		if h := g.opts.Hooks.Failed; h != nil {
+			h(err)
+		}
+		return upgradeReply{err: err}
+	}
+	g.log.Info("upgrade succeeded", "new_pid", res.PID, "new_generation", res.Generation, "took", time.Since(started).Round(time.Microsecond))
+	if h := g.opts.Hooks.Succeeded; h != nil {
+		h(res)
+	}
+	return upgradeReply{res: res}
+}
+
+func (g *Generation) exec() (Result, error) {
+	f, err := os.CreateTemp(g.opts.StateDir, ".handoff-*")
+	if err != nil {
+		return Result{}, fmt.Errorf("status file: %w", err)
+	}
+	status := f.Name()
+	f.Close()
+	defer os.Remove(status)
+
+	g.mu.Lock()
+	st := state{Generation: g.gen, Status: status, Systemd: append([]string(nil), g.systemd...)}
+	g.mu.Unlock()
+	raw, err := json.Marshal(st)
+	if err != nil {
+		return Result{}, err
+	}
+	// tableflip passes os.Environ() to the new process.
+	os.Setenv(stateEnv, string(raw))
+	upErr := g.upg.Upgrade()
+	os.Unsetenv(stateEnv)
+
+	report, _ := os.ReadFile(status)
+	line := strings.TrimSpace(string(report))
+	if upErr != nil {
+		if reason, ok := strings.CutPrefix(line, "error "); ok {
+			return Result{}, fmt.Errorf("%s (%w)", reason, upErr)
+		}
+		return Result{}, upErr
+	}
+	pidText, ok := strings.CutPrefix(line, "ok ")
+	pid, err := strconv.Atoi(pidText)
+	if !ok || err != nil || pid <= 0 {
+		return Result{}, fmt.Errorf("new generation is ready but reported %q instead of its pid", line)
+	}
+	return Result{PID: pid, Generation: g.gen + 1}, nil
+}
+
+// Listener is a listening socket of a generation.
+type Listener struct {
+	net.Listener
+	// Name is the socket's name: its FileDescriptorName= for a
+	// socket-activated one, its configured address otherwise.
+	Name string
+	// Origin tells who created the socket.
+	Origin Origin
+	// Inherited is true when the socket came from the previous generation.
+	Inherited bool
+}
+
+// Origin tells who created a listening socket.
+type Origin int
+
+const (
+	// Bound sockets were bound by (a generation of) this daemon.
+	Bound Origin = iota
+	// Activated sockets were passed by systemd socket activation.
+	Activated
+)
+
+func (o Origin) String() string {
+	if o == Activated {
+		return "systemd"
+	}
+	return "bound"
+}
+
+// SetLogger replaces the logger, for example with one that names the
+// generation once its number is known.
+func (g *Generation) SetLogger(l *slog.Logger) {
+	if l != nil {
+		g.log = l
+	}
+}

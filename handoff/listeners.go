@@ -1,0 +1,196 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+
+	"github.com/echod/echod/systemd"
+)
+
+// systemdKey names the i-th systemd-activated socket among the files
+// passed to the next generation.
+func systemdKey(i int) string { return "systemd:" + strconv.Itoa(i) }
+
+// Listeners returns the listening sockets this generation serves, each
+// taken from the first source that has it:
+//
+//  1. the previous generation: every systemd-activated socket it had, and
+//     each bound socket whose address is still in specs;
+//  2. systemd socket activation (first generation only): every socket
+//     passed; a spec whose address is one of them is not bound again;
+//  3. binding each spec not covered yet.
+//
+// When specs is empty and no socket came from systemd, fallback is used
+// instead. Every socket is registered to be passed to the next generation.
+// On error, every listener taken so far is closed.
+func (g *Generation) Listeners(specs, fallback []Spec) (ls []*Listener, err error) {
+	defer func() {
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			ls = nil
+		}
+	}()
+	if g.parentState != nil {
+		for i, name := range g.parentState.Systemd {
+			f, err := g.upg.File(systemdKey(i))
+			if err != nil {
+				return ls, fmt.Errorf("handoff: inherited systemd socket %s: %w", name, err)
+			}
+			if f == nil {
+				return ls, fmt.Errorf("handoff: systemd socket %s was not passed on", name)
+			}
+			ln, err := net.FileListener(f)
+			f.Close()
+			if err != nil {
+				return ls, fmt.Errorf("handoff: inherited systemd socket %s: %w", name, err)
+			}
+			l, err := g.addSystemd(name, ln)
+			if err != nil {
+				return ls, err
+			}
+			l.Inherited = true
+			ls = append(ls, l)
+		}
+	} else {
+		socks, err := systemd.Activated()
+		if err != nil {
+			return ls, fmt.Errorf("handoff: socket activation: %w", err)
+		}
+		for _, s := range socks {
+			l, err := g.addSystemd(s.Name, s.Listener)
+			if err != nil {
+				for _, s := range socks {
+					s.Listener.Close()
+				}
+				return ls, err
+			}
+			ls = append(ls, l)
+		}
+	}
+	if len(specs) == 0 && len(ls) == 0 {
+		specs = fallback
+	}
+	for _, spec := range specs {
+		if covered(ls, spec) {
+			continue
+		}
+		l, err := g.Listen(spec)
+		if err != nil {
+			return ls, err
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
+func covered(ls []*Listener, spec Spec) bool {
+	for _, l := range ls {
+		if l.Origin == Activated && spec.matches(l.Addr().Network(), l.Addr().String()) {
+			return true
+		}
+	}
+	return false
+}
+
+// addSystemd registers a socket-activated listener under the next free
+// systemd key. It is passed on as a plain file, so tableflip never unlinks
+// its path: a socket-activated Unix socket belongs to systemd.
+func (g *Generation) addSystemd(name string, ln net.Listener) (*Listener, error) {
+	f, err := fileOf(ln)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("handoff: systemd socket %s: %w", name, err)
+	}
+	defer f.Close()
+	g.mu.Lock()
+	key := systemdKey(len(g.systemd))
+	g.systemd = append(g.systemd, name)
+	g.mu.Unlock()
+	if err := g.upg.AddFile(key, f); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("handoff: register systemd socket %s: %w", name, err)
+	}
+	return &Listener{Listener: ln, Name: name, Origin: Activated}, nil
+}
+
+// fileOf returns a duplicate of ln's descriptor as an *os.File, without
+// switching ln to blocking mode.
+func fileOf(ln net.Listener) (*os.File, error) {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("%T has no file descriptor", ln)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var f *os.File
+	var dupErr error
+	if err := rc.Control(func(fd uintptr) {
+		nfd, err := syscall.Dup(int(fd))
+		if err != nil {
+			dupErr = err
+			return
+		}
+		syscall.CloseOnExec(nfd)
+		f = os.NewFile(uintptr(nfd), "listener")
+	}); err != nil {
+		return nil, err
+	}
+	return f, dupErr
+}
+
+// Listen returns the listener for spec: the socket the previous generation
+// bound for the same spec, or a new one. It is registered to be passed to
+// the next generation. A stale Unix socket file (nobody listening) is
+// replaced; one that answers is an error, like a TCP address in use.
+func (g *Generation) Listen(spec Spec) (*Listener, error) {
+	ln, err := g.upg.Listener(spec.Network, spec.Address)
+	if err != nil {
+		return nil, fmt.Errorf("handoff: inherited %s: %w", spec, err)
+	}
+	if ln != nil {
+		return &Listener{Listener: ln, Name: spec.String(), Origin: Bound, Inherited: true}, nil
+	}
+	if spec.Network == "unix" {
+		if err := removeStaleSocket(spec.Address); err != nil {
+			return nil, fmt.Errorf("handoff: listen %s: %w", spec, err)
+		}
+	}
+	ln, err = g.upg.Listen(spec.Network, spec.Address)
+	if err != nil {
+		return nil, fmt.Errorf("handoff: listen %s: %w", spec, err)
+	}
+	return &Listener{Listener: ln, Name: spec.String(), Origin: Bound}, nil
+}
+
+// removeStaleSocket removes path if it is a Unix socket nobody listens on.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	var d net.Dialer
+	c, err := d.DialContext(context.Background(), "unix", path)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("%s: address already in use (something listens on it)", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return os.Remove(path)
+}
