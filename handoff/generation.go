@@ -174,17 +174,39 @@ func (g *Generation) Fail(reason error) {
 }
 
 func (g *Generation) writeStatus(line string) {
-	if g.parentState == nil || g.parentState.Status == "" {
+	if g.parentState == nil {
 		return
 	}
-	f, err := os.OpenFile(g.parentState.Status, os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
+	if err := writeStatusFile(g.parentState.Status, line); err != nil {
 		g.log.Warn("cannot report to the previous generation", "err", err)
-		return
+	}
+}
+
+func writeStatusFile(path, line string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
 	}
 	defer f.Close()
-	if _, err := f.WriteString(line + "\n"); err != nil {
-		g.log.Warn("cannot report to the previous generation", "err", err)
+	_, err = f.WriteString(line + "\n")
+	return err
+}
+
+// ReportFailure is [Generation.Fail] for a process that fails before it
+// could call New, for example on a configuration that does not validate:
+// if an upgrading generation started this process, its Upgrade returns
+// reason. It does nothing otherwise.
+func ReportFailure(reason error) {
+	raw, ok := os.LookupEnv(stateEnv)
+	if !ok {
+		return
+	}
+	var st state
+	if json.Unmarshal([]byte(raw), &st) == nil {
+		_ = writeStatusFile(st.Status, "error "+oneLine(reason.Error()))
 	}
 }
 

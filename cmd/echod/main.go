@@ -20,6 +20,8 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/echod/echod/handoff"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -45,6 +47,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if err != nil {
+		handoff.ReportFailure(err)
 		fmt.Fprintf(stderr, "echod: %v\n", err)
 		return 2
 	}

@@ -1,0 +1,395 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// binDir holds the echod binaries built once for the process tests.
+var binDir string
+
+// buildEchod builds ./cmd/echod with the given version into dir/name.
+func buildEchod(dir, name, ver string) (string, error) {
+	out := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+ver, "-o", out, ".")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("go build: %w", err)
+	}
+	return out, nil
+}
+
+// echodBin returns the path of the test build of echod (version "test").
+func echodBin(t testing.TB) string {
+	t.Helper()
+	p := filepath.Join(binDir, "echod")
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("test binary missing: %v", err)
+	}
+	return p
+}
+
+// logWatcher collects the log lines of every generation (they share the
+// stderr pipe) and lets tests wait for a line.
+type logWatcher struct {
+	mu      sync.Mutex
+	lines   []string
+	changed chan struct{}
+	done    chan struct{}
+}
+
+func newLogWatcher(r io.Reader) *logWatcher {
+	w := &logWatcher{changed: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			w.mu.Lock()
+			w.lines = append(w.lines, sc.Text())
+			close(w.changed)
+			w.changed = make(chan struct{})
+			w.mu.Unlock()
+		}
+	}()
+	return w
+}
+
+// waitFor returns the first line for which match is true, waiting up to
+// timeout for it to be logged.
+func (w *logWatcher) waitFor(t testing.TB, timeout time.Duration, what string, match func(string) bool) string {
+	t.Helper()
+	deadline := time.After(timeout)
+	for i := 0; ; {
+		w.mu.Lock()
+		for ; i < len(w.lines); i++ {
+			if match(w.lines[i]) {
+				l := w.lines[i]
+				w.mu.Unlock()
+				return l
+			}
+		}
+		ch := w.changed
+		w.mu.Unlock()
+		select {
+		case <-ch:
+		case <-w.done:
+			w.mu.Lock()
+			n := len(w.lines)
+			w.mu.Unlock()
+			if i >= n {
+				t.Fatalf("waiting for %s: every echod process exited; log:\n%s", what, w.String())
+			}
+		case <-deadline:
+			t.Fatalf("waiting for %s: not logged within %v; log:\n%s", what, timeout, w.String())
+		}
+	}
+}
+
+func (w *logWatcher) has(match func(string) bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, l := range w.lines {
+		if match(l) {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *logWatcher) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Join(w.lines, "\n")
+}
+
+func contains(parts ...string) func(string) bool {
+	return func(l string) bool {
+		for _, p := range parts {
+			if !strings.Contains(l, p) {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+var (
+	pidRe  = regexp.MustCompile(`\bpid=(\d+)`)
+	addrRe = regexp.MustCompile(`\baddr=(\S+)`)
+)
+
+func field(re *regexp.Regexp, line string) string {
+	m := re.FindStringSubmatch(line)
+	if m == nil {
+		return ""
+	}
+	return m[1]
+}
+
+// instance is an echod started by a test, followed across generations.
+type instance struct {
+	t       testing.TB
+	cmd     *exec.Cmd
+	log     *logWatcher
+	dir     string
+	control string
+	pidFile string
+	addrs   []string // listening addresses of generation 1, in log order
+}
+
+// startEchod starts bin with args plus -pid-file and -control in a temp dir
+// and waits until generation 1 is ready. Cleanup stops every generation.
+func startEchod(t testing.TB, bin string, args ...string) *instance {
+	t.Helper()
+	dir := t.TempDir()
+	in := &instance{t: t, dir: dir, control: filepath.Join(dir, "ctl.sock"), pidFile: filepath.Join(dir, "echod.pid")}
+	args = append([]string{"-pid-file", in.pidFile, "-control", in.control, "-log-level", "debug"}, args...)
+	in.cmd = exec.Command(bin, args...)
+	in.cmd.Env = cleanEnv()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.cmd.Stderr = pw
+	in.cmd.Stdout = pw
+	if err := in.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	in.log = newLogWatcher(pr)
+	t.Cleanup(in.stopAll)
+	in.log.waitFor(t, 10*time.Second, "generation 1 ready", contains("msg=ready", "gen=1 "))
+	for _, l := range strings.Split(in.log.String(), "\n") {
+		if strings.Contains(l, "msg=listener") && strings.Contains(l, "gen=1 ") {
+			in.addrs = append(in.addrs, field(addrRe, l))
+		}
+	}
+	return in
+}
+
+// cleanEnv is the test's environment without systemd variables.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "NOTIFY_SOCKET=") || strings.HasPrefix(kv, "LISTEN_") || strings.HasPrefix(kv, "RUNTIME_DIRECTORY=") || strings.HasPrefix(kv, "JOURNAL_STREAM=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// pids returns every pid that logged a line.
+func (in *instance) pids() []int {
+	seen := map[int]bool{}
+	var out []int
+	for _, l := range strings.Split(in.log.String(), "\n") {
+		if p, err := strconv.Atoi(field(pidRe, l)); err == nil && !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// stopAll sends SIGTERM to every generation and waits for the log pipe to
+// close (every process exited); SIGKILL after a bound.
+func (in *instance) stopAll() {
+	for _, p := range in.pids() {
+		unix.Kill(p, unix.SIGTERM)
+	}
+	select {
+	case <-in.log.done:
+	case <-time.After(15 * time.Second):
+		for _, p := range in.pids() {
+			unix.Kill(p, unix.SIGKILL)
+		}
+		<-in.log.done
+	}
+	in.cmd.Wait()
+}
+
+// readyPID waits for generation gen to be ready and returns its pid.
+func (in *instance) readyPID(gen int) int {
+	in.t.Helper()
+	l := in.log.waitFor(in.t, 15*time.Second, fmt.Sprintf("generation %d ready", gen), contains("msg=ready", fmt.Sprintf("gen=%d ", gen)))
+	p, _ := strconv.Atoi(field(pidRe, l))
+	return p
+}
+
+// reload asks the running generation to reload over the control socket.
+func (in *instance) reload() (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return controlRequest(ctx, in.control, "reload")
+}
+
+// waitExit waits until process pid has exited (pidfd readable).
+func waitExit(t testing.TB, pid int, timeout time.Duration) {
+	t.Helper()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return
+	}
+	if err != nil {
+		t.Fatalf("pidfd_open %d: %v", pid, err)
+	}
+	defer unix.Close(fd)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, int(timeout.Milliseconds()))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("poll pidfd: %v", err)
+		}
+		if n == 0 {
+			t.Fatalf("process %d still running after %v", pid, timeout)
+		}
+		return
+	}
+}
+
+func alive(pid int) bool { return unix.Kill(pid, 0) == nil }
+
+// listenInode returns the inode of the TCP socket listening on addr, from
+// /proc/net/tcp (or tcp6).
+func listenInode(t testing.TB, addr string) string {
+	t.Helper()
+	_, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	want := fmt.Sprintf(":%04X", port)
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(line)
+			if len(fs) > 9 && strings.HasSuffix(fs[1], want) && fs[3] == "0A" {
+				return fs[9]
+			}
+		}
+	}
+	t.Fatalf("no listening socket for %s", addr)
+	return ""
+}
+
+// holdsSocket reports whether process pid has an fd on socket inode.
+func holdsSocket(t testing.TB, pid int, inode string) bool {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("read %s: %v", dir, err)
+	}
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && l == "socket:["+inode+"]" {
+			return true
+		}
+	}
+	return false
+}
+
+// echoConn is a client connection that checks every echo byte for byte.
+type echoConn struct {
+	net.Conn
+	buf []byte
+}
+
+func dialEcho(network, addr string) (*echoConn, error) {
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &echoConn{Conn: c, buf: make([]byte, 64<<10)}, nil
+}
+
+// roundTrip sends n random bytes and checks they come back intact.
+func (c *echoConn) roundTrip(n int) error {
+	msg := make([]byte, n)
+	rand.Read(msg)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	got := c.buf[:n]
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("read echo: %w", err)
+	}
+	if !bytes.Equal(got, msg) {
+		return errors.New("echo corrupted")
+	}
+	return nil
+}
+
+// load runs short connections (connect, echo, close) from workers until
+// stopped, and counts what failed.
+type load struct {
+	ok       atomic.Int64
+	failures atomic.Int64
+	mu       sync.Mutex
+	errs     []string
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+func startLoad(network, addr string, workers int) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &load{cancel: cancel}
+	for range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for ctx.Err() == nil {
+				err := func() error {
+					c, err := dialEcho(network, addr)
+					if err != nil {
+						return fmt.Errorf("connect: %w", err)
+					}
+					defer c.Close()
+					return c.roundTrip(256)
+				}()
+				if err != nil {
+					l.failures.Add(1)
+					l.mu.Lock()
+					if len(l.errs) < 10 {
+						l.errs = append(l.errs, err.Error())
+					}
+					l.mu.Unlock()
+				} else {
+					l.ok.Add(1)
+				}
+			}
+		}()
+	}
+	return l
+}
+
+// stop ends the load and returns (successes, failures, first errors).
+func (l *load) stop() (int64, int64, []string) {
+	l.cancel()
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ok.Load(), l.failures.Load(), l.errs
+}

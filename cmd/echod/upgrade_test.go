@@ -1,0 +1,297 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// copyExec copies the file at src to dst (mode 0755) through a temporary
+// file and an atomic rename, as a package manager replaces a binary.
+func copyExec(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeExec(t, dst, b)
+}
+
+func writeExec(t *testing.T, dst string, b []byte) {
+	t.Helper()
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// status asks the running generation for its status line.
+func (in *instance) status(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := controlRequest(ctx, in.control, "status")
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	return s
+}
+
+// TestBinaryUpgradeInPlace: v1 runs; the file at its path is replaced by v2
+// (atomic rename); a reload runs v2 with the same socket.
+func TestBinaryUpgradeInPlace(t *testing.T) {
+	dir := t.TempDir()
+	v1, err := buildEchod(dir, "echod-v1", "v1.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2, err := buildEchod(dir, "echod-v2", "v2.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "echod")
+	copyExec(t, v1, bin)
+	in := startEchod(t, bin, "-listen", "127.0.0.1:0")
+	if s := in.status(t); !strings.Contains(s, "version v1.0.0") {
+		t.Fatalf("status %q, want version v1.0.0", s)
+	}
+	c, err := dialEcho("tcp", in.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	inode := listenInode(t, in.addrs[0])
+
+	copyExec(t, v2, bin)
+	if _, err := in.reload(); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if s := in.status(t); !strings.Contains(s, "version v2.0.0") || !strings.Contains(s, "generation 2") {
+		t.Fatalf("status after upgrade %q, want generation 2 version v2.0.0", s)
+	}
+	if got := listenInode(t, in.addrs[0]); got != inode {
+		t.Fatalf("listening socket changed: %s, was %s", got, inode)
+	}
+	if err := c.roundTrip(4096); err != nil {
+		t.Fatalf("connection opened under v1, after the upgrade: %v", err)
+	}
+	n, err := dialEcho("tcp", in.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.roundTrip(4096); err != nil {
+		t.Fatalf("new connection under v2: %v", err)
+	}
+}
+
+// TestFailedUpgradeKeepsServing: a reload whose new generation cannot start
+// fails with the reason, and the old generation serves on as before. The
+// reload client is a separate copy of the binary, so the daemon's own
+// failure path is what answers.
+func TestFailedUpgradeKeepsServing(t *testing.T) {
+	good, err := os.ReadFile(echodBin(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		args    []string
+		breakIt func(t *testing.T, bin, cfg string)
+		want    string // in the reload error
+	}{
+		{
+			name: "binary exits 1",
+			breakIt: func(t *testing.T, bin, _ string) {
+				writeExec(t, bin, []byte("#!/bin/sh\necho broken >&2\nexit 1\n"))
+			},
+			want: "exited",
+		},
+		{
+			name: "binary is not executable",
+			breakIt: func(t *testing.T, bin, _ string) {
+				writeExec(t, bin, []byte("garbage"))
+				os.Chmod(bin, 0o644)
+			},
+			want: "permission denied",
+		},
+		{
+			name: "binary never ready",
+			args: []string{"-upgrade-timeout", "500ms"},
+			breakIt: func(t *testing.T, bin, _ string) {
+				writeExec(t, bin, []byte("#!/bin/sh\nexec sleep 30\n"))
+			},
+			want: "timed out",
+		},
+		{
+			name: "config does not validate",
+			breakIt: func(t *testing.T, _, cfg string) {
+				if err := os.WriteFile(cfg, []byte("listen = [\"127.0.0.1:0\"]\nmax-conns = -5\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: "max-conns: -5 is negative",
+		},
+		{
+			name: "config unparsable",
+			breakIt: func(t *testing.T, _, cfg string) {
+				if err := os.WriteFile(cfg, []byte("listen = [\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: "config",
+		},
+		{
+			name: "listen address invalid",
+			breakIt: func(t *testing.T, _, cfg string) {
+				if err := os.WriteFile(cfg, []byte("listen = [\"127.0.0.1:99999\"]\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: "port",
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			bin := filepath.Join(dir, "echod")
+			writeExec(t, bin, good)
+			cfg := filepath.Join(dir, "echod.toml")
+			if err := os.WriteFile(cfg, []byte("listen = [\"127.0.0.1:0\"]\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			in := startEchod(t, bin, append([]string{"-config", cfg}, tc.args...)...)
+			pid1 := in.cmd.Process.Pid
+			c, err := dialEcho("tcp", in.addrs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+
+			tc.breakIt(t, bin, cfg)
+			// The client is the good binary from elsewhere.
+			out, err := exec.Command(echodBin(t), "reload", "-control", in.control).CombinedOutput()
+			if err == nil {
+				t.Fatalf("reload succeeded with a broken new generation: %s", out)
+			}
+			if !strings.Contains(string(out), tc.want) {
+				t.Fatalf("reload error %q does not say %q", out, tc.want)
+			}
+			if !alive(pid1) {
+				t.Fatal("the old generation died")
+			}
+			if err := c.roundTrip(512); err != nil {
+				t.Fatalf("connection after the failed reload: %v", err)
+			}
+			n, err := dialEcho("tcp", in.addrs[0])
+			if err != nil {
+				t.Fatalf("new connection after the failed reload: %v", err)
+			}
+			defer n.Close()
+			if err := n.roundTrip(512); err != nil {
+				t.Fatalf("new connection after the failed reload: %v", err)
+			}
+			if s := in.status(t); !strings.Contains(s, "generation 1 ") || !strings.Contains(s, "last reload failed") {
+				t.Fatalf("status %q, want generation 1 and the failure", s)
+			}
+			in.log.waitFor(t, 5*time.Second, "failure logged", contains("upgrade failed", "gen=1 "))
+
+			// Repaired, the next reload works.
+			writeExec(t, bin, good)
+			if err := os.WriteFile(cfg, []byte("listen = [\"127.0.0.1:0\"]\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := in.reload(); err != nil {
+				t.Fatalf("reload after repair: %v", err)
+			}
+			in.readyPID(2)
+		})
+	}
+}
+
+// TestReloadQueuedWhileDraining: a reload requested while the previous
+// generation still drains long-lived connections is not lost: it waits and
+// runs once that generation has exited. Several requests meanwhile coalesce.
+func TestReloadQueuedWhileDraining(t *testing.T) {
+	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0")
+	addr := in.addrs[0]
+	streams := make([]*echoConn, 50)
+	for i := range streams {
+		c, err := dialEcho("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.roundTrip(32); err != nil {
+			t.Fatal(err)
+		}
+		streams[i] = c
+	}
+	pid1 := in.cmd.Process.Pid
+	syscall.Kill(pid1, syscall.SIGHUP)
+	pid2 := in.readyPID(2)
+	// Generation 1 drains 50 streams; ask generation 2 three times.
+	for range 3 {
+		if err := syscall.Kill(pid2, syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in.log.waitFor(t, 10*time.Second, "queued upgrade", contains("waits for the previous generation", "gen=2 "))
+	if in.log.has(contains("msg=ready", "gen=3 ")) {
+		t.Fatal("generation 3 started while generation 1 still drained")
+	}
+	for i, c := range streams {
+		if err := c.roundTrip(100); err != nil {
+			t.Fatalf("stream %d while reload queued: %v", i, err)
+		}
+		c.Close()
+	}
+	waitExit(t, pid1, 10*time.Second)
+	pid3 := in.readyPID(3)
+	if pid3 == pid2 {
+		t.Fatal("generation 3 has generation 2's pid")
+	}
+	waitExit(t, pid2, 10*time.Second)
+	// The three SIGHUPs coalesced into one upgrade (or two, if one arrived
+	// after the first had exec'd generation 3); none was lost, and no
+	// upgrade failed.
+	if in.log.has(contains("upgrade failed")) {
+		t.Fatalf("an upgrade failed:\n%s", in.log)
+	}
+}
+
+// TestDrainTimeoutClosesTheRest: at the drain deadline the old generation
+// closes what is left, says how many, and exits 0.
+func TestDrainTimeoutClosesTheRest(t *testing.T) {
+	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "300ms")
+	var conns []*echoConn
+	for range 3 {
+		c, err := dialEcho("tcp", in.addrs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.roundTrip(10); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	in.cmd.Process.Signal(syscall.SIGTERM)
+	in.log.waitFor(t, 10*time.Second, "drain timeout line", contains("drain timeout", "closed=3"))
+	if err := in.cmd.Wait(); err != nil {
+		t.Fatalf("exit after drain timeout: %v, want 0", err)
+	}
+	for i, c := range conns {
+		if err := c.roundTrip(10); err == nil {
+			t.Fatalf("connection %d still echoes after the drain deadline", i)
+		}
+	}
+}
