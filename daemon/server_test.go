@@ -86,7 +86,7 @@ func start(t testing.TB, cfg daemon.Config, network string) *testServer {
 	nl := &notifyListener{Listener: ln, closed: ts.lnClosed}
 	go func() { ts.serveErr <- ts.srv.Serve(nl) }()
 	t.Cleanup(func() {
-		ts.srv.Close()
+		closeWithin(t, ts.srv)
 		select {
 		case err := <-ts.serveErr:
 			if !errors.Is(err, daemon.ErrServerClosed) {
@@ -176,6 +176,20 @@ func waitStats(t testing.TB, srv *daemon.Server, what string, ok func(daemon.Sta
 	var st daemon.Stats
 	waitFor(t, what, func() bool { st = srv.Stats(); return ok(st) })
 	return st
+}
+
+// closeWithin calls Close, failing the test if it does not return in time.
+func closeWithin(t testing.TB, srv *daemon.Server) int {
+	t.Helper()
+	done := make(chan int, 1)
+	go func() { done <- srv.Close() }()
+	select {
+	case n := <-done:
+		return n
+	case <-time.After(ioTimeout):
+		t.Errorf("Close did not return")
+		return -1
+	}
 }
 
 func shutdownAsync(srv *daemon.Server, timeout time.Duration) <-chan error {
@@ -332,7 +346,7 @@ func TestShutdownDrains(t *testing.T) {
 			if st := ts.srv.Stats(); st.Active != 0 || st.Closed != n || st.Accepted != n {
 				t.Errorf("Stats after Shutdown = %+v", st)
 			}
-			if got := ts.srv.Close(); got != 0 {
+			if got := closeWithin(t, ts.srv); got != 0 {
 				t.Errorf("Close after a complete Shutdown closed %d connections, want 0", got)
 			}
 		})
@@ -354,7 +368,7 @@ func TestShutdownDeadline(t *testing.T) {
 			// The connection survived the failed Shutdown.
 			mustEcho(t, c, []byte("after deadline"))
 
-			if got := ts.srv.Close(); got != 1 {
+			if got := closeWithin(t, ts.srv); got != 1 {
 				t.Fatalf("Close = %d, want 1", got)
 			}
 			buf := make([]byte, 1)
@@ -378,7 +392,7 @@ func TestCloseDuringShutdown(t *testing.T) {
 	}
 	shut := shutdownAsync(ts.srv, ioTimeout)
 	recvWithin(t, ts.lnClosed, "Shutdown to close the listener")
-	if got := ts.srv.Close(); got != 3 {
+	if got := closeWithin(t, ts.srv); got != 3 {
 		t.Errorf("Close = %d, want 3", got)
 	}
 	if err := recvWithin(t, shut, "Shutdown to return"); err != nil {
@@ -727,7 +741,7 @@ func TestServeAfterShutdown(t *testing.T) {
 				if err := srv.Shutdown(ctx); err != nil {
 					t.Fatalf("Shutdown of an idle server = %v", err)
 				}
-			} else if n := srv.Close(); n != 0 {
+			} else if n := closeWithin(t, srv); n != 0 {
 				t.Fatalf("Close of an idle server = %d", n)
 			}
 			ln := listen(t, "tcp")
@@ -757,7 +771,7 @@ func TestSeveralListeners(t *testing.T) {
 		addrs = append(addrs, ln.Addr())
 		go func() { serveErr <- srv.Serve(ln) }()
 	}
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() { closeWithin(t, srv) })
 	var conns []net.Conn
 	for _, a := range addrs {
 		c, err := net.DialTimeout(a.Network(), a.String(), ioTimeout)

@@ -98,10 +98,3 @@ func (s Spec) matches(family, addr string) bool {
 	}
 	return s.Address == addr
 }
-
-func family(network string) string {
-	if network == "unix" {
-		return "unix"
-	}
-	return "tcp"
-}

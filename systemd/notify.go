@@ -3,11 +3,11 @@ package systemd
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
@@ -31,7 +31,7 @@ func MainPID(pid int) string { return "MAINPID=" + strconv.Itoa(pid) }
 
 // Status returns the STATUS= line for a human-readable text. Control
 // characters (newlines included) become spaces, so the text cannot inject
-// other state lines; it is cut to 1024 bytes.
+// other state lines; it is cut after 1024 bytes (at a character boundary).
 func Status(text string) string {
 	var b strings.Builder
 	b.WriteString("STATUS=")
@@ -39,7 +39,7 @@ func Status(text string) string {
 		if b.Len() >= 1024+len("STATUS=") {
 			break
 		}
-		if r < 0x20 || r == 0x7f {
+		if unicode.IsControl(r) {
 			r = ' '
 		}
 		b.WriteRune(r)
@@ -89,17 +89,10 @@ func (n *Notifier) Notify(lines ...string) (bool, error) {
 	if !n.Enabled() {
 		return false, nil
 	}
-	for _, l := range lines {
-		if err := CheckState(l); err != nil {
-			return false, err
-		}
-	}
-	// go-systemd reads NOTIFY_SOCKET itself; never ask it to unset it.
-	sent, err := daemon.SdNotify(false, strings.Join(lines, "\n"))
-	if err != nil {
-		return false, fmt.Errorf("systemd: notify: %w", err)
-	}
-	return sent, nil
+	// One send path for every message, to the socket captured by
+	// NewNotifier: go-systemd's SdNotify would read NOTIFY_SOCKET again,
+	// and it cannot pass fds (FDSTORE=1, BARRIER=1).
+	return n.NotifyWithFDs(nil, lines...)
 }
 
 // NotifyWithFDs sends the state lines with the given file descriptors
@@ -109,19 +102,28 @@ func (n *Notifier) NotifyWithFDs(fds []int, lines ...string) (bool, error) {
 	if !n.Enabled() {
 		return false, nil
 	}
+	if len(lines) == 0 {
+		return false, fmt.Errorf("%w: no state to send", ErrInvalidState)
+	}
 	for _, l := range lines {
 		if err := CheckState(l); err != nil {
 			return false, err
 		}
 	}
-	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: n.socket, Net: "unixgram"})
+	// An unconnected datagram socket: Go refuses WriteMsgUnix on a
+	// connected one. A leading '@' names the abstract namespace.
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return false, fmt.Errorf("systemd: notify: %w", err)
+		return false, fmt.Errorf("systemd: notify: socket: %w", err)
 	}
-	defer conn.Close()
+	defer unix.Close(fd)
 	msg := []byte(strings.Join(lines, "\n"))
-	if _, _, err := conn.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
-		return false, fmt.Errorf("systemd: notify with %d fds: %w", len(fds), err)
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if err := unix.Sendmsg(fd, msg, oob, &unix.SockaddrUnix{Name: n.socket}, 0); err != nil {
+		return false, fmt.Errorf("systemd: notify with %d fds to %s: %w", len(fds), n.socket, err)
 	}
 	return true, nil
 }
@@ -152,7 +154,9 @@ func (n *Notifier) Barrier(timeout time.Duration) (bool, error) {
 		if left <= 0 {
 			return false, fmt.Errorf("systemd: barrier: no answer from the manager within %v", timeout)
 		}
-		fds := []unix.PollFd{{Fd: int32(r), Events: unix.POLLIN}}
+		// No events asked for: hang-up (the manager closed its copy) is
+		// always reported.
+		fds := []unix.PollFd{{Fd: int32(r), Events: 0}}
 		_, err := unix.Poll(fds, int(left.Milliseconds())+1)
 		if err == unix.EINTR {
 			continue

@@ -99,16 +99,24 @@ func (s *controlServer) stopAccepting() {
 	s.ln.Close()
 }
 
-// close stops accepting, hangs up on clients still waiting and waits for
-// every goroutine.
-func (s *controlServer) close() {
+// close stops accepting and lets the requests in progress finish and be
+// answered; after grace it hangs up on the rest. It waits for every
+// goroutine.
+func (s *controlServer) close(grace time.Duration) {
 	s.stopAccepting()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(grace):
+	}
 	s.mu.Lock()
 	for c := range s.conns {
 		c.Close()
 	}
 	s.mu.Unlock()
-	s.wg.Wait()
+	<-done
 }
 
 // controlRequest sends cmd to the control socket at path and returns the

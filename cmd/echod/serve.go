@@ -125,7 +125,7 @@ func (e *echod) start() error {
 		e.srv.Close()
 		e.serving.Wait()
 		if e.ctl != nil {
-			e.ctl.close()
+			e.ctl.close(0)
 		}
 		return err
 	}
@@ -191,10 +191,11 @@ wait:
 		e.ctl.stopAccepting()
 	}
 	e.drain()
-	if e.ctl != nil {
-		e.ctl.close()
-	}
+	// Stop first: a reload request still queued is then answered at once.
 	e.gen.Stop()
+	if e.ctl != nil {
+		e.ctl.close(5 * time.Second)
+	}
 	if !replaced {
 		e.removePIDFile()
 	}

@@ -79,7 +79,8 @@ const SystemdPath = "/lib/systemd/systemd"
 
 // wrapperScript runs inside the private mount namespace created by unshare.
 // $0 is the systemd binary.
-const wrapperScript = `mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system && exec "$0" --user`
+const wrapperScript = `mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system && ` +
+	`{ ! [ -e /dev/console ] || mount --bind "$1" /dev/console; } && exec "$0" --user`
 
 // Manager is a running systemd user manager owned by one test.
 type Manager struct {
@@ -132,6 +133,10 @@ func Start(t testing.TB) *Manager {
 		_ = os.RemoveAll(rt)
 		t.Fatalf("systemdtest: %v", err)
 	}
+	if err := os.WriteFile(filepath.Join(rt, "console"), nil, 0o600); err != nil {
+		_ = os.RemoveAll(rt)
+		t.Fatalf("systemdtest: %v", err)
+	}
 	logf, err := os.OpenFile(m.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		_ = os.RemoveAll(rt)
@@ -140,7 +145,7 @@ func Start(t testing.TB) *Manager {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private",
-		"sh", "-c", wrapperScript, SystemdPath)
+		"sh", "-c", wrapperScript, SystemdPath, filepath.Join(rt, "console"))
 	cmd.Env = m.env()
 	cmd.Dir = rt
 	cmd.Stdout = logf
@@ -462,10 +467,11 @@ func (m *Manager) stop() error {
 		return nil
 	case <-time.After(StopTimeout):
 	}
+	diag := m.diagnose()
 	m.cancel() // SIGKILL to the process group, via cmd.Cancel
 	select {
 	case <-m.done:
-		return fmt.Errorf("manager (pid %d) did not exit within %v of SIGTERM; killed its process group\nmanager log:\n%s", m.PID(), StopTimeout, m.Log())
+		return fmt.Errorf("manager (pid %d) did not exit within %v of SIGTERM; killed its process group\n%s\nmanager log:\n%s", m.PID(), StopTimeout, diag, m.Log())
 	case <-time.After(5 * time.Second):
 		return fmt.Errorf("manager (pid %d) survived SIGKILL for 5s\nmanager log:\n%s", m.PID(), m.Log())
 	}
@@ -477,4 +483,52 @@ func UniqueName(prefix string) string {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand, Go 1.24+)
 	return prefix + "-" + hex.EncodeToString(b[:])
+}
+
+// diagnose describes a manager that does not stop: its pending jobs and its
+// process tree.
+func (m *Manager) diagnose() string {
+	var b strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := m.Systemctl(ctx, "list-jobs")
+	if err != nil {
+		fmt.Fprintf(&b, "list-jobs: %v\n", err)
+	} else {
+		fmt.Fprintf(&b, "list-jobs:\n%s", out)
+		for line := range strings.Lines(out) {
+			f := strings.Fields(line)
+			if len(f) == 4 && f[3] == "running" {
+				p, err := m.Systemctl(ctx, "show", "-p", "ActiveState,SubState,ControlPID,MainPID,ControlGroup,Result", f[1])
+				fmt.Fprintf(&b, "%s: %s %v\n", f[1], strings.ReplaceAll(strings.TrimSpace(p), "\n", " "), err)
+			}
+		}
+	}
+	b.WriteString("processes:\n")
+	procTree(&b, m.PID(), "  ", 0)
+	return b.String()
+}
+
+func procTree(b *strings.Builder, pid int, indent string, depth int) {
+	read := func(name string) string {
+		d, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, name))
+		if err != nil {
+			return "?"
+		}
+		return strings.TrimSpace(strings.ReplaceAll(string(d), "\x00", " "))
+	}
+	cg := read("cgroup")
+	if i := strings.LastIndex(cg, "0::"); i >= 0 {
+		cg = cg[i+3:]
+	}
+	fmt.Fprintf(b, "%s%d %s wchan=%s cgroup=%s\n", indent, pid, read("cmdline"), read("wchan"), cg)
+	if depth > 8 {
+		return
+	}
+	for _, c := range strings.Fields(read(fmt.Sprintf("task/%d/children", pid))) {
+		var cpid int
+		if _, err := fmt.Sscan(c, &cpid); err == nil {
+			procTree(b, cpid, indent+"  ", depth+1)
+		}
+	}
 }

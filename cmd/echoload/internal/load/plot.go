@@ -15,7 +15,7 @@ import (
 var (
 	colorP99    = color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}
 	colorMax    = color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}
-	colorReload = color.RGBA{R: 0x80, G: 0x80, B: 0x80, A: 0xa0}
+	colorReload = color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}
 	colorFailed = color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}
 )
 
@@ -63,7 +63,7 @@ func (rep *Report) WritePlot(path string) error {
 			return fmt.Errorf("plot reload marker: %w", err)
 		}
 		l.Color = colorReload
-		l.Width = vg.Points(0.5)
+		l.Width = vg.Points(0.75)
 		l.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}
 		if !ev.OK {
 			l.Color = colorFailed

@@ -49,10 +49,14 @@ type Recorder struct {
 	start  time.Time
 	window time.Duration
 
-	// Reload state for classifying operations as near a reload. Values
-	// are nanoseconds since start, -1 for none.
-	reloadActive  atomic.Int64
-	reloadLastEnd atomic.Int64
+	// Reload state for classifying operations as near a reload: the
+	// reload in progress and the last finished one (times since start).
+	reloadMu        sync.Mutex
+	reloadActive    bool
+	reloadStart     time.Duration // of the reload in progress
+	reloadFinished  bool
+	lastReloadStart time.Duration
+	lastReloadEnd   time.Duration
 
 	// Live counters (read by the progress display).
 	shortOK     atomic.Int64
@@ -91,8 +95,6 @@ func NewRecorder(window time.Duration) *Recorder {
 		reloadDur:     newHist(),
 		timeline:      newTimeline(100 * time.Millisecond),
 	}
-	r.reloadActive.Store(-1)
-	r.reloadLastEnd.Store(-1)
 	return r
 }
 
@@ -109,28 +111,32 @@ func (r *Recorder) Since() time.Duration { return time.Since(r.start) }
 // Start returns the wall-clock start of the run.
 func (r *Recorder) Start() time.Time { return r.start }
 
-// nearReload reports whether the operation [opStart, opEnd] overlaps a
-// reload window [reload start, reload end + window]. Reloads run one at a
-// time, so the in-progress reload and the last finished one are enough.
+// nearReload reports whether the operation [opStart, opEnd] overlaps the
+// window [start, end + window] of the reload in progress or of the last
+// finished one. Reloads run one at a time and operations are recorded as
+// soon as they end, so no earlier reload can matter.
 func (r *Recorder) nearReload(opStart, opEnd time.Duration) bool {
-	// ReloadEnd stores reloadLastEnd before clearing reloadActive, so
-	// reading in the opposite order cannot miss a reload.
-	if a := r.reloadActive.Load(); a >= 0 && time.Duration(a) <= opEnd {
+	r.reloadMu.Lock()
+	defer r.reloadMu.Unlock()
+	if r.reloadActive && r.reloadStart <= opEnd {
 		return true
 	}
-	if e := r.reloadLastEnd.Load(); e >= 0 && time.Duration(e)+r.window >= opStart {
-		return true
-	}
-	return false
+	return r.reloadFinished && r.lastReloadStart <= opEnd && r.lastReloadEnd+r.window >= opStart
 }
 
 // ReloadBegin marks the start of a reload at t (since start).
-func (r *Recorder) ReloadBegin(t time.Duration) { r.reloadActive.Store(int64(t)) }
+func (r *Recorder) ReloadBegin(t time.Duration) {
+	r.reloadMu.Lock()
+	r.reloadActive, r.reloadStart = true, t
+	r.reloadMu.Unlock()
+}
 
 // ReloadEnd records a finished reload.
 func (r *Recorder) ReloadEnd(ev ReloadEvent) {
-	r.reloadLastEnd.Store(int64(ev.End))
-	r.reloadActive.Store(-1)
+	r.reloadMu.Lock()
+	r.reloadActive = false
+	r.reloadFinished, r.lastReloadStart, r.lastReloadEnd = true, ev.Start, ev.End
+	r.reloadMu.Unlock()
 	r.reloads.Add(1)
 	if !ev.OK {
 		r.reloadFails.Add(1)

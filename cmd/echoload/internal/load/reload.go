@@ -43,6 +43,8 @@ type Reloader struct {
 	cfg ReloadConfig
 	sig syscall.Signal
 	rec *Recorder
+
+	onReload func(ReloadEvent) // test hook, called after each reload
 }
 
 // NewReloader returns a reloader for cfg, which must be Enabled.
@@ -105,6 +107,9 @@ func (r *Reloader) Once() ReloadEvent {
 		ev.Err = err.Error()
 	}
 	r.rec.ReloadEnd(ev)
+	if r.onReload != nil {
+		r.onReload(ev)
+	}
 	return ev
 }
 
@@ -131,9 +136,9 @@ func (r *Reloader) runCmd() (exitStatus int, err error) {
 			msg = "..." + msg[len(msg)-maxReloadOutput:]
 		}
 		if msg != "" {
-			return exitStatus, fmt.Errorf("reload command %q: %w: %s", r.cfg.Cmd, err, msg)
+			return exitStatus, fmt.Errorf("reload command: %w: %s", err, msg)
 		}
-		return exitStatus, fmt.Errorf("reload command %q: %w", r.cfg.Cmd, err)
+		return exitStatus, fmt.Errorf("reload command: %w", err)
 	}
 	return exitStatus, nil
 }
