@@ -449,7 +449,7 @@ func (g *Generation) exec() (Result, error) {
 	}
 	// tableflip passes os.Environ() to the new process.
 	os.Setenv(stateEnv, string(raw))
-	upErr := g.upg.Upgrade()
+	upErr := g.upgrade()
 	os.Unsetenv(stateEnv)
 
 	report, _ := os.ReadFile(status)
@@ -466,6 +466,21 @@ func (g *Generation) exec() (Result, error) {
 		return Result{}, fmt.Errorf("new generation is ready but reported %q instead of its pid", line)
 	}
 	return Result{PID: pid, Generation: g.gen + 1}, nil
+}
+
+// upgrade calls tableflip's Upgrade. It is only called once the previous
+// generation has exited (WaitForParent returned), but tableflip's own
+// goroutine learns of that exit through a select that may serve our
+// request first and answer "parent hasn't exited": retry that answer a
+// bounded number of times.
+func (g *Generation) upgrade() error {
+	for i := 0; ; i++ {
+		err := g.upg.Upgrade()
+		if err == nil || !strings.Contains(err.Error(), "parent hasn't exited") || i == 100 {
+			return err
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // Listener is a listening socket of a generation.
