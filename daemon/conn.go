@@ -45,32 +45,30 @@ func (s *Server) echo(c net.Conn) error {
 	if err != nil {
 		return s.echoBuffered(c)
 	}
+	// One closure per connection, not per read: it is the hot path.
+	var (
+		bp   *[]byte
+		n    int
+		rerr error
+	)
+	readOnce := func(fd uintptr) bool {
+		bp = bufPool.Get().(*[]byte)
+		n, rerr = unix.Read(int(fd), *bp)
+		if rerr == unix.EAGAIN || rerr == unix.EINTR {
+			bufPool.Put(bp)
+			bp = nil
+			return false // wait for readability, then call again
+		}
+		return true
+	}
 	for {
 		if s.cfg.IdleTimeout > 0 {
 			if err := c.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout)); err != nil {
 				return err
 			}
 		}
-		var (
-			bp   *[]byte
-			n    int
-			rerr error
-		)
-		err := rc.Read(func(fd uintptr) bool {
-			bp = bufPool.Get().(*[]byte)
-			n, rerr = unix.Read(int(fd), *bp)
-			if rerr == unix.EAGAIN {
-				bufPool.Put(bp)
-				bp = nil
-				return false // wait for readability, then call again
-			}
-			if rerr == unix.EINTR {
-				bufPool.Put(bp)
-				bp = nil
-				return false
-			}
-			return true
-		})
+		bp, n, rerr = nil, 0, nil
+		err := rc.Read(readOnce)
 		if err == nil {
 			err = rerr
 		}
@@ -120,8 +118,8 @@ func (s *Server) writeAll(c net.Conn, b []byte) error {
 	if err := c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout)); err != nil {
 		return err
 	}
-	_, err := c.Write(b) // net.Conn.Write writes everything or fails
-	s.bytes.Add(uint64(len(b)))
+	n, err := c.Write(b) // net.Conn.Write writes everything or fails
+	s.bytes.Add(uint64(n))
 	return err
 }
 

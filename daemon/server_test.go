@@ -644,52 +644,97 @@ func TestMaxConnsShutdown(t *testing.T) {
 	}
 }
 
+// TestIdleTimeout: a silent connection is closed after IdleTimeout while
+// one that sends every 20ms stays open past 3×IdleTimeout. A client that
+// pings every 20ms can still look idle for 100ms when the machine stalls
+// this process (tests share a loaded machine), so the active half is tried
+// up to three times; a server that closes active connections fails every
+// attempt. The silent half asserts only lower bounds and a generous upper
+// one, and is checked every time.
 func TestIdleTimeout(t *testing.T) {
 	const idle = 100 * time.Millisecond
 	for _, network := range networks {
 		t.Run(network, func(t *testing.T) {
-			ts := start(t, daemon.Config{IdleTimeout: idle}, network)
-
-			begin := time.Now()
-			silent := ts.dial(t)
-			active := ts.dial(t)
-
-			// The active connection sends every 20ms for 400ms; every
-			// message must come back.
-			activeErr := make(chan error, 1)
-			go func() {
-				tick := time.NewTicker(20 * time.Millisecond)
-				defer tick.Stop()
-				for i := 0; time.Since(begin) < 4*idle; i++ {
-					if err := echo(active, fmt.Appendf(nil, "ping %d", i)); err != nil {
-						activeErr <- fmt.Errorf("ping %d at %v: %w", i, time.Since(begin), err)
-						return
-					}
-					<-tick.C
+			const attempts = 3
+			for attempt := 1; ; attempt++ {
+				err := idleAttempt(t, network, idle)
+				if err == nil {
+					break
 				}
-				activeErr <- nil
-			}()
-
-			buf := make([]byte, 1)
-			n, err := silent.Read(buf)
-			elapsed := time.Since(begin)
-			if n != 0 || err != io.EOF {
-				t.Fatalf("silent connection read = %d, %v; want EOF from the idle timeout", n, err)
-			}
-			if elapsed < idle {
-				t.Errorf("silent connection closed after %v, before the %v idle timeout", elapsed, idle)
-			}
-			t.Logf("silent connection closed after %v", elapsed)
-
-			if err := recvWithin(t, activeErr, "active connection"); err != nil {
-				t.Fatalf("active connection: %v", err)
-			}
-			mustEcho(t, active, []byte("still open"))
-			if st := ts.srv.Stats(); st.Active != 1 || st.Closed != 1 {
-				t.Errorf("Stats = %+v, want Active 1, Closed 1", st)
+				if attempt == attempts {
+					t.Fatalf("active connection closed in all %d attempts; last: %v", attempts, err)
+				}
+				t.Logf("attempt %d: active connection: %v; retrying", attempt, err)
 			}
 		})
 	}
+}
+
+// idleAttempt fails the test if the silent connection is not closed as it
+// should be, and returns an error if the active one was closed.
+func idleAttempt(t *testing.T, network string, idle time.Duration) error {
+	t.Helper()
+	ts := start(t, daemon.Config{IdleTimeout: idle}, network)
+
+	begin := time.Now()
+	silent := ts.dial(t)
+	active := ts.dial(t)
+
+	// The active connection sends every 20ms for 4×idle; every message
+	// must come back. maxGap is the longest the server could have seen
+	// it silent: from before one ping's write to after the next one's.
+	type result struct {
+		err    error
+		maxGap time.Duration
+	}
+	activeRes := make(chan result, 1)
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		var maxGap time.Duration
+		prev := time.Now()
+		for i := 0; time.Since(begin) < 4*idle; i++ {
+			msg := fmt.Appendf(nil, "ping %d", i)
+			start := time.Now()
+			_, err := active.Write(msg)
+			maxGap = max(maxGap, time.Since(prev))
+			prev = start
+			if err == nil {
+				got := make([]byte, len(msg))
+				if _, err = io.ReadFull(active, got); err == nil && !bytes.Equal(got, msg) {
+					err = fmt.Errorf("echo %q, want %q", got, msg)
+				}
+			}
+			if err != nil {
+				activeRes <- result{fmt.Errorf("ping %d at %v (longest silence %v): %w", i, time.Since(begin), maxGap, err), maxGap}
+				return
+			}
+			<-tick.C
+		}
+		activeRes <- result{nil, maxGap}
+	}()
+
+	buf := make([]byte, 1)
+	n, err := silent.Read(buf)
+	elapsed := time.Since(begin)
+	if n != 0 || err != io.EOF {
+		t.Fatalf("silent connection read = %d, %v; want EOF from the idle timeout", n, err)
+	}
+	if elapsed < idle {
+		t.Fatalf("silent connection closed after %v, before the %v idle timeout", elapsed, idle)
+	}
+	t.Logf("silent connection closed after %v", elapsed)
+
+	res := recvWithin(t, activeRes, "active connection")
+	if res.err != nil {
+		return res.err
+	}
+	t.Logf("active connection: longest silence %v", res.maxGap)
+	mustEcho(t, active, []byte("still open"))
+	if st := ts.srv.Stats(); st.Active != 1 || st.Closed != 1 {
+		t.Fatalf("Stats = %+v, want Active 1, Closed 1", st)
+	}
+	return nil
 }
 
 func TestStats(t *testing.T) {

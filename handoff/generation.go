@@ -234,10 +234,15 @@ func (g *Generation) Ready() error {
 	g.mu.Unlock()
 	g.writeStatus("ok " + strconv.Itoa(os.Getpid()))
 	if err := g.upg.Ready(); err != nil {
+		g.mu.Lock()
+		g.ready = false
+		g.mu.Unlock()
 		return fmt.Errorf("handoff: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	g.mu.Lock()
 	g.cancel = cancel
+	g.mu.Unlock()
 	go func() {
 		defer close(g.waitDone)
 		if err := g.upg.WaitForParent(ctx); err != nil && ctx.Err() == nil {
@@ -305,10 +310,10 @@ func (g *Generation) Stop() {
 		g.upg.Stop()
 	})
 	g.mu.Lock()
-	ready := g.ready
+	cancel := g.cancel
 	g.mu.Unlock()
-	if ready {
-		g.cancel()
+	if cancel != nil {
+		cancel()
 		<-g.runDone
 		<-g.waitDone
 	}

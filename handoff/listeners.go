@@ -92,7 +92,7 @@ func (g *Generation) Listeners(specs, fallback []Spec) (ls []*Listener, err erro
 
 func covered(ls []*Listener, spec Spec) bool {
 	for _, l := range ls {
-		if l.Origin == Activated && spec.matches(l.Addr().Network(), l.Addr().String()) {
+		if l.Origin == Activated && spec.matches(l.Addr()) {
 			return true
 		}
 	}

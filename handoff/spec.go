@@ -24,6 +24,11 @@ func (s Spec) String() string {
 		return "unix:" + s.Address
 	}
 	if s.Network == "tcp" {
+		for _, p := range []string{"tcp:", "tcp4:", "tcp6:", "unix:"} {
+			if strings.HasPrefix(s.Address, p) {
+				return "tcp:" + s.Address // a host named like a network
+			}
+		}
 		return s.Address
 	}
 	return s.Network + ":" + s.Address
@@ -40,8 +45,8 @@ func ParseSpec(s string) (Spec, error) {
 	if s == "" {
 		return Spec{}, fmt.Errorf("%w: empty", ErrBadAddress)
 	}
-	if strings.ContainsAny(s, "\x00\n") {
-		return Spec{}, fmt.Errorf("%w %q: contains a NUL or newline", ErrBadAddress, s)
+	if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return Spec{}, fmt.Errorf("%w %q: contains a control character", ErrBadAddress, s)
 	}
 	if rest, ok := strings.CutPrefix(s, "unix:"); ok {
 		return parseUnix(s, rest)
@@ -84,17 +89,34 @@ func parseUnix(orig, path string) (Spec, error) {
 	if !filepath.IsAbs(path) {
 		return Spec{}, fmt.Errorf("%w %q: a Unix socket path must be absolute", ErrBadAddress, orig)
 	}
+	path = filepath.Clean(path)
 	if len(path) > maxUnixPath {
 		return Spec{}, fmt.Errorf("%w %q: a Unix socket path is limited to %d bytes", ErrBadAddress, orig, maxUnixPath)
 	}
-	return Spec{Network: "unix", Address: filepath.Clean(path)}, nil
+	return Spec{Network: "unix", Address: path}, nil
 }
 
-// matches reports whether the listening address addr of a socket of the
-// given family ("tcp" or "unix") is the one s describes.
-func (s Spec) matches(family, addr string) bool {
-	if (s.Network == "unix") != (family == "unix") {
-		return false
+// matches reports whether a listening socket with address addr is the
+// one s describes. TCP addresses compare by IP and port, so ":7007" matches
+// a socket on [::]:7007 or 0.0.0.0:7007, and "127.0.0.1:7007" one on
+// 127.0.0.1:7007; host names never match.
+func (s Spec) matches(addr net.Addr) bool {
+	switch a := addr.(type) {
+	case *net.UnixAddr:
+		return s.Network == "unix" && s.Address == a.Name
+	case *net.TCPAddr:
+		if s.Network == "unix" {
+			return false
+		}
+		host, port, err := net.SplitHostPort(s.Address)
+		if err != nil || port != strconv.Itoa(a.Port) {
+			return false
+		}
+		if host == "" {
+			return a.IP.IsUnspecified()
+		}
+		ip := net.ParseIP(host)
+		return ip != nil && ip.Equal(a.IP)
 	}
-	return s.Address == addr
+	return false
 }
