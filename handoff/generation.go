@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/cloudflare/tableflip"
+
+	"github.com/echod/echod/systemd"
 )
 
 // stateEnv carries a generation's hand-over state to the next one: its
@@ -44,6 +46,16 @@ type Options struct {
 	Logger *slog.Logger
 	// Hooks are called by the goroutine that runs upgrades, in order.
 	Hooks Hooks
+	// FDStore, when enabled, keeps every listener this daemon binds in
+	// systemd's file descriptor store (FileDescriptorStoreMax= in the
+	// unit), so that the socket outlives the process: across systemctl
+	// restart, a crash or an OOM kill, clients wait in the backlog
+	// instead of being refused. See [Generation.Listeners].
+	FDStore *systemd.Notifier
+	// Notifier is used to remove listeners from the fd store that a
+	// process with FDStore enabled put there, when they are no longer
+	// wanted (also when FDStore is now off). Nil: nothing is removed.
+	Notifier *systemd.Notifier
 	// Forward, if set, passes on requests that arrived while an upgrade
 	// that then succeeded was in flight: the new generation was exec'd
 	// before they were made, so it may not have seen what they were
@@ -77,6 +89,7 @@ type state struct {
 	Generation int      `json:"generation"`
 	Status     string   `json:"status"`
 	Systemd    []string `json:"systemd,omitempty"` // names of passed systemd sockets, in order
+	Stored     []string `json:"stored,omitempty"`  // fd store names of the listeners kept there
 }
 
 // Generation is one process in the chain of an upgradable daemon. Only one
@@ -89,9 +102,11 @@ type Generation struct {
 
 	parentState *state // nil in the first generation
 
-	mu      sync.Mutex
-	systemd []string // names of the systemd sockets registered, in order
-	ready   bool
+	mu       sync.Mutex
+	systemd  []string // names of the systemd sockets registered, in order
+	stored   []string // fd store names of this generation's listeners
+	toRemove []string // fd store names to remove once listeners are taken
+	ready    bool
 
 	reqs     chan chan upgradeReply
 	stopOnce sync.Once
@@ -232,6 +247,7 @@ func (g *Generation) Ready() error {
 	}
 	g.ready = true
 	g.mu.Unlock()
+	g.dropParentStored()
 	g.writeStatus("ok " + strconv.Itoa(os.Getpid()))
 	if err := g.upg.Ready(); err != nil {
 		g.mu.Lock()
@@ -446,7 +462,7 @@ func (g *Generation) exec() (Result, error) {
 	defer os.Remove(status)
 
 	g.mu.Lock()
-	st := state{Generation: g.gen, Status: status, Systemd: append([]string(nil), g.systemd...)}
+	st := state{Generation: g.gen, Status: status, Systemd: append([]string(nil), g.systemd...), Stored: append([]string(nil), g.stored...)}
 	g.mu.Unlock()
 	raw, err := json.Marshal(st)
 	if err != nil {
@@ -498,6 +514,14 @@ type Listener struct {
 	Origin Origin
 	// Inherited is true when the socket came from the previous generation.
 	Inherited bool
+	// StoreName is the socket's name in systemd's fd store when
+	// Options.FDStore is enabled ("" otherwise).
+	StoreName string
+	// Stored is true when the socket is in systemd's fd store.
+	Stored bool
+	// Restored is true when systemd's fd store gave the socket back to
+	// this process (after a restart or a crash).
+	Restored bool
 }
 
 // Origin tells who created a listening socket.

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/cloudflare/tableflip"
+
 	"github.com/echod/echod/systemd"
 )
 
@@ -37,6 +39,7 @@ func (g *Generation) Listeners(specs, fallback []Spec) (ls []*Listener, err erro
 			ls = nil
 		}
 	}()
+	var fromStore map[string]net.Listener // first generation: listeners systemd kept for us
 	if g.parentState != nil {
 		for i, name := range g.parentState.Systemd {
 			f, err := g.upg.File(systemdKey(i))
@@ -63,17 +66,33 @@ func (g *Generation) Listeners(specs, fallback []Spec) (ls []*Listener, err erro
 		if err != nil {
 			return ls, fmt.Errorf("handoff: socket activation: %w", err)
 		}
-		for _, s := range socks {
+		for i, s := range socks {
+			if isStoreName(s.Name) {
+				if fromStore == nil {
+					fromStore = map[string]net.Listener{}
+				}
+				if old, dup := fromStore[s.Name]; dup {
+					old.Close()
+				}
+				fromStore[s.Name] = s.Listener
+				continue
+			}
 			l, err := g.addSystemd(s.Name, s.Listener)
 			if err != nil {
-				for _, s := range socks {
+				for _, s := range socks[i+1:] {
 					s.Listener.Close()
 				}
+				closeStored(fromStore)
 				return ls, err
 			}
 			ls = append(ls, l)
 		}
 	}
+	defer func() {
+		if err != nil {
+			closeStored(fromStore)
+		}
+	}()
 	if len(specs) == 0 && len(ls) == 0 {
 		specs = fallback
 	}
@@ -81,12 +100,16 @@ func (g *Generation) Listeners(specs, fallback []Spec) (ls []*Listener, err erro
 		if covered(ls, spec) {
 			continue
 		}
-		l, err := g.Listen(spec)
+		l, err := g.listen(spec, fromStore)
 		if err != nil {
 			return ls, err
 		}
 		ls = append(ls, l)
 	}
+	if err := g.storeNew(ls); err != nil {
+		return ls, err
+	}
+	g.dropFromStore(fromStore)
 	return ls, nil
 }
 
@@ -149,8 +172,9 @@ func fileOf(ln net.Listener) (*os.File, error) {
 
 // Listen returns the listener for spec: the socket the previous generation
 // bound for the same spec, or a new one. It is registered to be passed to
-// the next generation. A stale Unix socket file (nobody listening) is
-// replaced; one that answers is an error, like a TCP address in use.
+// the next generation, never kept in the fd store. A stale Unix socket file
+// (nobody listening) is replaced; one that answers is an error, like a TCP
+// address in use.
 func (g *Generation) Listen(spec Spec) (*Listener, error) {
 	ln, err := g.upg.Listener(spec.Network, spec.Address)
 	if err != nil {
@@ -169,6 +193,79 @@ func (g *Generation) Listen(spec Spec) (*Listener, error) {
 		return nil, fmt.Errorf("handoff: listen %s: %w", spec, err)
 	}
 	return &Listener{Listener: ln, Name: spec.String(), Origin: Bound}, nil
+}
+
+// listen is Listen for a served listener: with the fd store enabled, the
+// socket comes from, in order, the previous generation, systemd's store
+// (fromStore), or a new bind, and is passed on as a plain file so that no
+// generation ever unlinks its path: the store may outlive this process.
+func (g *Generation) listen(spec Spec, fromStore map[string]net.Listener) (*Listener, error) {
+	name := StoreName(spec)
+	if !g.opts.FDStore.Enabled() {
+		if ln, ok := fromStore[name]; ok {
+			// Stored by a process that ran with the fd store on: serve
+			// the socket (binding again would fail), but take it out of
+			// the store.
+			delete(fromStore, name)
+			g.toRemove = append(g.toRemove, name)
+			tl, ok := ln.(tableflip.Listener)
+			if !ok {
+				ln.Close()
+				return nil, fmt.Errorf("handoff: stored %s: %T has no file descriptor", spec, ln)
+			}
+			if err := g.upg.AddListener(spec.Network, spec.Address, tl); err != nil {
+				ln.Close()
+				return nil, fmt.Errorf("handoff: register %s: %w", spec, err)
+			}
+			return &Listener{Listener: ln, Name: spec.String(), Origin: Bound, Restored: true}, nil
+		}
+		return g.Listen(spec)
+	}
+	key := "store:" + name
+	l := &Listener{Name: spec.String(), Origin: Bound, StoreName: name}
+	f, err := g.upg.File(key)
+	if err != nil {
+		return nil, fmt.Errorf("handoff: inherited %s: %w", spec, err)
+	}
+	if f != nil { // from the previous generation (already registered)
+		defer f.Close()
+		ln, err := net.FileListener(f)
+		if err != nil {
+			return nil, fmt.Errorf("handoff: inherited %s: %w", spec, err)
+		}
+		l.Listener, l.Inherited, l.Stored = ln, true, true
+		return l, nil
+	}
+	if ln, ok := fromStore[name]; ok {
+		delete(fromStore, name)
+		l.Listener, l.Stored, l.Restored = ln, true, true
+	} else {
+		if spec.Network == "unix" {
+			if err := removeStaleSocket(spec.Address); err != nil {
+				return nil, fmt.Errorf("handoff: listen %s: %w", spec, err)
+			}
+		}
+		var lc net.ListenConfig
+		ln, err := lc.Listen(context.Background(), spec.Network, spec.Address)
+		if err != nil {
+			return nil, fmt.Errorf("handoff: listen %s: %w", spec, err)
+		}
+		if ul, ok := ln.(*net.UnixListener); ok {
+			ul.SetUnlinkOnClose(false) // the store keeps the socket open
+		}
+		l.Listener = ln
+	}
+	f, err = fileOf(l.Listener)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("handoff: %s: %w", spec, err)
+	}
+	defer f.Close()
+	if err := g.upg.AddFile(key, f); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("handoff: register %s: %w", spec, err)
+	}
+	return l, nil
 }
 
 // removeStaleSocket removes path if it is a Unix socket nobody listens on.

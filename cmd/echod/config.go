@@ -29,6 +29,7 @@ type config struct {
 	PIDFile        string   `toml:"pid-file"`
 	Control        string   `toml:"control"`
 	LogLevel       string   `toml:"log-level"`
+	FDStore        bool     `toml:"fdstore"`
 
 	configFile string
 	specs      []handoff.Spec
@@ -86,6 +87,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&fl.PIDFile, "pid-file", "", "write the serving generation's pid here (atomically, when it is ready)")
 	fs.StringVar(&fl.Control, "control", defaultConfig().Control, "control socket for 'echod reload' and 'echod status' (default $RUNTIME_DIRECTORY/control.sock under systemd; empty: none)")
 	fs.StringVar(&fl.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&fl.FDStore, "fdstore", false, "keep the listeners echod binds in systemd's fd store (FileDescriptorStoreMax=), so restarts and crashes refuse no connection")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: echod [flags]\n       echod reload|status [-control PATH] [-timeout D]\n       echod version\n\nflags:\n")
 		fs.PrintDefaults()
@@ -104,7 +106,6 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 			return config{}, err
 		}
 	}
-	var setErr error
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
 		case "listen":
@@ -123,11 +124,10 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 			cfg.Control = fl.Control
 		case "log-level":
 			cfg.LogLevel = fl.LogLevel
+		case "fdstore":
+			cfg.FDStore = fl.FDStore
 		}
 	})
-	if setErr != nil {
-		return config{}, setErr
-	}
 	if err := cfg.validate(); err != nil {
 		return config{}, err
 	}

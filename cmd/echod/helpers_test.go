@@ -347,6 +347,7 @@ func (c *echoConn) roundTrip(n int) error {
 type load struct {
 	ok       atomic.Int64
 	failures atomic.Int64
+	refused  atomic.Int64 // of failures: connect refused
 	mu       sync.Mutex
 	errs     []string
 	cancel   context.CancelFunc
@@ -371,6 +372,9 @@ func startLoad(network, addr string, workers int) *load {
 				}()
 				if err != nil {
 					l.failures.Add(1)
+					if errors.Is(err, unix.ECONNREFUSED) {
+						l.refused.Add(1)
+					}
 					l.mu.Lock()
 					if len(l.errs) < 10 {
 						l.errs = append(l.errs, err.Error())

@@ -31,7 +31,13 @@ func serve(cfg config, stderr io.Writer) error {
 	defer signal.Stop(sigs)
 
 	e := &echod{cfg: cfg, notifier: notifier}
+	var store *systemd.Notifier
+	if cfg.FDStore {
+		store = notifier
+	}
 	g, err := handoff.New(handoff.Options{
+		FDStore:        store,
+		Notifier:       notifier,
 		UpgradeTimeout: cfg.UpgradeTimeout.Duration,
 		PIDFile:        cfg.PIDFile,
 		Logger:         base,
@@ -49,6 +55,9 @@ func serve(cfg config, stderr io.Writer) error {
 	e.log = base.With("gen", g.Number(), "pid", os.Getpid())
 	g.SetLogger(e.log)
 	e.log.Info("starting", "version", version, "inherited", g.HasParent())
+	if cfg.FDStore && !notifier.Enabled() {
+		e.log.Warn("fdstore: not running under systemd (NOTIFY_SOCKET unset): listeners are not stored")
+	}
 
 	if err := e.start(); err != nil {
 		g.Fail(err)
@@ -86,7 +95,7 @@ func (e *echod) start() error {
 		return err
 	}
 	for _, l := range ls {
-		e.log.Info("listener", "name", l.Name, "addr", l.Addr().String(), "origin", l.Origin.String(), "inherited", l.Inherited)
+		e.log.Info("listener", "name", l.Name, "addr", l.Addr().String(), "origin", l.Origin.String(), "inherited", l.Inherited, "stored", l.Stored, "restored", l.Restored)
 	}
 	if e.cfg.Control != "" {
 		cl, err := e.gen.Listen(handoff.Spec{Network: "unix", Address: e.cfg.Control})

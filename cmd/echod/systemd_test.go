@@ -88,7 +88,18 @@ func installShippedUnits(t *testing.T, m *systemdtest.Manager, extra string) *un
 	// the hardening asks for (exit 226/NAMESPACE), and PrivateTmp= would
 	// hide the test binary in /tmp; the tests turn those off. Everything
 	// else in the shipped unit is exercised as shipped.
-	m.DropIn(t, u.service(), "test", fmt.Sprintf(`[Unit]
+	m.DropIn(t, u.service(), "test", testDropIn(u.logFile))
+	return u
+}
+
+// testDropIn sends the service's output to logFile and lifts the start
+// rate limit for tests that restart often. A user manager cannot set up the
+// mount namespaces and dynamic users the hardening asks for (exit
+// 226/NAMESPACE), and PrivateTmp= would hide the test binary in /tmp; the
+// tests turn those off. Everything else in the shipped units runs as
+// shipped.
+func testDropIn(logFile string) string {
+	return fmt.Sprintf(`[Unit]
 StartLimitIntervalSec=0
 [Service]
 StandardOutput=append:%[1]s
@@ -106,8 +117,7 @@ ProtectClock=no
 ProtectHostname=no
 ProtectProc=default
 ProcSubset=all
-`, u.logFile))
-	return u
+`, logFile)
 }
 
 func (u *unitUnderTest) systemctl(t *testing.T, args ...string) (string, error) {

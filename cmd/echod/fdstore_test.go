@@ -1,0 +1,217 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/echod/echod/systemd/systemdtest"
+)
+
+// installFDStoreUnit installs the shipped echod-fdstore.service under a
+// unique name, with its -listen replaced by a config file listing the
+// given addresses.
+func installFDStoreUnit(t *testing.T, m *systemdtest.Manager, listen ...string) *unitUnderTest {
+	t.Helper()
+	dir := t.TempDir()
+	u := &unitUnderTest{
+		m:       m,
+		name:    systemdtest.UniqueName("echod-fds"),
+		bin:     filepath.Join(dir, "echod"),
+		config:  filepath.Join(dir, "echod.toml"),
+		logFile: filepath.Join(dir, "echod.log"),
+	}
+	good, err := os.ReadFile(echodBin(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeExec(t, u.bin, good)
+	u.writeListen(t, listen...)
+	b, err := os.ReadFile(filepath.Join("..", "..", "systemd", "units", "echod-fdstore.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := strings.NewReplacer(
+		"/usr/local/bin/echod", u.bin,
+		"RuntimeDirectory=echod-fdstore", "RuntimeDirectory="+u.name,
+		"-listen 127.0.0.1:7007", "-config "+u.config,
+	).Replace(string(b))
+	m.Install(t, u.service(), content)
+	m.DropIn(t, u.service(), "test", testDropIn(u.logFile))
+	return u
+}
+
+func (u *unitUnderTest) writeListen(t *testing.T, listen ...string) {
+	t.Helper()
+	var q []string
+	for _, l := range listen {
+		q = append(q, strconv.Quote(l))
+	}
+	if err := os.WriteFile(u.config, []byte("listen = ["+strings.Join(q, ", ")+"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (u *unitUnderTest) storeCount(t *testing.T) string {
+	t.Helper()
+	return u.m.Show(t, u.service(), "NFileDescriptorStore")["NFileDescriptorStore"]
+}
+
+func (u *unitUnderTest) mustSystemctl(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := u.systemctl(t, args...); err != nil {
+		t.Fatalf("systemctl %s: %v\n%s\n%s", strings.Join(args, " "), err, out, u.log(t))
+	}
+}
+
+func (u *unitUnderTest) waitActive(t *testing.T, notPID string) string {
+	t.Helper()
+	st := u.m.WaitFor(t, 20*time.Second, u.service(), func(p map[string]string) bool {
+		return p["ActiveState"] == "active" && p["MainPID"] != "0" && p["MainPID"] != notPID
+	}, "ActiveState", "MainPID")
+	return st["MainPID"]
+}
+
+// TestFDStoreRestartRefusesNothing: with the listeners in systemd's fd
+// store, ten restarts under load refuse and reset nothing, and the socket
+// is the same in every process; reloads and restarts do not grow the store.
+func TestFDStoreRestartRefusesNothing(t *testing.T) {
+	m := systemdtest.Start(t)
+	tcp := freePort(t)
+	sock := filepath.Join(t.TempDir(), "echo.sock")
+	u := installFDStoreUnit(t, m, tcp, "unix:"+sock)
+	u.mustSystemctl(t, "start", u.service())
+	pid := u.waitActive(t, "")
+	if n := u.storeCount(t); n != "2" {
+		t.Fatalf("NFileDescriptorStore=%s after start, want 2 (one per listener)\n%s", n, u.log(t))
+	}
+	inode := listenInode(t, tcp)
+
+	for i := 1; i <= 10; i++ {
+		u.mustSystemctl(t, "reload", u.service())
+	}
+	if n := u.storeCount(t); n != "2" {
+		t.Fatalf("NFileDescriptorStore=%s after 10 reloads, want 2", n)
+	}
+
+	lt := startLoad("tcp", tcp, 3)
+	lu := startLoad("unix", sock, 1)
+	for i := 1; i <= 10; i++ {
+		prev := u.show(t)["MainPID"]
+		if out, err := u.systemctl(t, "restart", u.service()); err != nil {
+			lt.stop()
+			lu.stop()
+			t.Fatalf("restart %d: %v\n%s\n%s", i, err, out, u.log(t))
+		}
+		pid = u.waitActive(t, prev)
+		if got := listenInode(t, tcp); got != inode {
+			t.Fatalf("restart %d: listening socket inode %s, was %s", i, got, inode)
+		}
+		p, _ := strconv.Atoi(pid)
+		if !holdsSocket(t, p, inode) {
+			t.Fatalf("restart %d: the new process does not hold the stored socket", i)
+		}
+	}
+	okT, failT, errsT := lt.stop()
+	okU, failU, errsU := lu.stop()
+	t.Logf("10 restarts under load: tcp %d ok %d failed, unix %d ok %d failed", okT, failT, okU, failU)
+	if failT+failU > 0 || okT == 0 || okU == 0 {
+		t.Fatalf("connections failed across restarts: tcp %d %v; unix %d %v\n%s", failT, errsT, failU, errsU, u.log(t))
+	}
+	if n := u.storeCount(t); n != "2" {
+		t.Fatalf("NFileDescriptorStore=%s after 10 restarts, want 2", n)
+	}
+	if !strings.Contains(u.log(t), "restored=true") {
+		t.Fatalf("no listener came back from the store:\n%s", u.log(t))
+	}
+}
+
+// TestFDStoreCrashRefusesNothing: SIGKILL of the main process under load;
+// Restart=always starts the next one with the stored socket. Connections
+// in flight inside the killed process are lost (reset); none is refused.
+func TestFDStoreCrashRefusesNothing(t *testing.T) {
+	m := systemdtest.Start(t)
+	tcp := freePort(t)
+	u := installFDStoreUnit(t, m, tcp)
+	u.mustSystemctl(t, "start", u.service())
+	u.waitActive(t, "")
+	inode := listenInode(t, tcp)
+	lt := startLoad("tcp", tcp, 3)
+	for i := 1; i <= 3; i++ {
+		pid := u.show(t)["MainPID"]
+		u.mustSystemctl(t, "kill", "--signal=KILL", u.service())
+		u.waitActive(t, pid)
+		if got := listenInode(t, tcp); got != inode {
+			t.Fatalf("crash %d: listening socket inode %s, was %s", i, got, inode)
+		}
+	}
+	ok, failed, errs := lt.stop()
+	refused := lt.refused.Load()
+	t.Logf("3 crashes under load: %d ok, %d failed (%d refused): %v", ok, failed, refused, errs)
+	if refused > 0 {
+		t.Fatalf("%d connections refused across crashes: %v", refused, errs)
+	}
+	if ok == 0 {
+		t.Fatal("the load made no connection")
+	}
+	if n := u.show(t)["NRestarts"]; n != "3" {
+		t.Fatalf("NRestarts=%s, want 3", n)
+	}
+}
+
+// TestFDStoreDropsUnconfiguredListener: a listener removed from the config
+// is gone from the store after a restart, and its port refuses.
+func TestFDStoreDropsUnconfiguredListener(t *testing.T) {
+	m := systemdtest.Start(t)
+	a, b := freePort(t), freePort(t)
+	u := installFDStoreUnit(t, m, a, b)
+	u.mustSystemctl(t, "start", u.service())
+	u.waitActive(t, "")
+	if n := u.storeCount(t); n != "2" {
+		t.Fatalf("NFileDescriptorStore=%s, want 2", n)
+	}
+	u.writeListen(t, a)
+	pid := u.show(t)["MainPID"]
+	u.mustSystemctl(t, "restart", u.service())
+	u.waitActive(t, pid)
+	if n := u.storeCount(t); n != "1" {
+		t.Fatalf("NFileDescriptorStore=%s after dropping a listener, want 1\n%s", n, u.log(t))
+	}
+	if !strings.Contains(u.log(t), "removed from the systemd fd store") {
+		t.Fatalf("no log line for the removed listener:\n%s", u.log(t))
+	}
+	if c, err := dialEcho("tcp", b); err == nil {
+		c.Close()
+		t.Fatalf("the dropped listener %s still accepts", b)
+	}
+	c, err := dialEcho("tcp", a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.roundTrip(100); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFDStoreWarnsWhenNothingCameBack: without FileDescriptorStoreMax=
+// systemd drops the stored fds silently; after a restart echod says so.
+func TestFDStoreWarnsWhenNothingCameBack(t *testing.T) {
+	m := systemdtest.Start(t)
+	tcp := freePort(t)
+	u := installFDStoreUnit(t, m, tcp)
+	m.DropIn(t, u.service(), "nostore", "[Service]\nFileDescriptorStoreMax=0\n")
+	u.mustSystemctl(t, "start", u.service())
+	pid := u.waitActive(t, "")
+	if n := u.storeCount(t); n != "0" {
+		t.Fatalf("NFileDescriptorStore=%s with FileDescriptorStoreMax=0", n)
+	}
+	u.mustSystemctl(t, "restart", u.service())
+	u.waitActive(t, pid)
+	if !strings.Contains(u.log(t), "did not come back from the systemd fd store") {
+		t.Fatalf("no warning about the lost fd store:\n%s", u.log(t))
+	}
+}
