@@ -19,8 +19,19 @@ const storePrefix = "echod-listen-"
 // systemd's fd store: stable across restarts, derived from the address,
 // valid for FDNAME= (no ':').
 func StoreName(spec Spec) string {
-	r := strings.NewReplacer(":", "_", "%", "%25", "_", "%5F")
-	return storePrefix + r.Replace(spec.String())
+	var b strings.Builder
+	b.WriteString(storePrefix)
+	for _, c := range []byte(spec.String()) {
+		switch {
+		case c == ':':
+			b.WriteByte('_')
+		case c == '_' || c == '%' || c <= 0x20 || c >= 0x7f:
+			fmt.Fprintf(&b, "%%%02X", c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
 
 func isStoreName(name string) bool { return strings.HasPrefix(name, storePrefix) }

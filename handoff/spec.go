@@ -78,7 +78,7 @@ func ParseSpec(s string) (Spec, error) {
 			if network == "tcp6" && ip.To4() != nil && !strings.Contains(host, ":") {
 				return Spec{}, fmt.Errorf("%w %q: %s is not an IPv6 address", ErrBadAddress, s, host)
 			}
-		} else if strings.ContainsAny(host, " /%[]") {
+		} else if !isHostName(host) {
 			return Spec{}, fmt.Errorf("%w %q: %q is neither an IP address nor a host name", ErrBadAddress, s, host)
 		}
 	}
@@ -119,4 +119,19 @@ func (s Spec) matches(addr net.Addr) bool {
 		return ip != nil && ip.Equal(a.IP)
 	}
 	return false
+}
+
+// isHostName reports whether h is made of letters, digits, '-', '_' and
+// '.' only (RFC 1123 labels, leniently).
+func isHostName(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

@@ -84,7 +84,7 @@ func TestFDStoreRestartRefusesNothing(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "echo.sock")
 	u := installFDStoreUnit(t, m, tcp, "unix:"+sock)
 	u.mustSystemctl(t, "start", u.service())
-	pid := u.waitActive(t, "")
+	u.waitActive(t, "")
 	if n := u.storeCount(t); n != "2" {
 		t.Fatalf("NFileDescriptorStore=%s after start, want 2 (one per listener)\n%s", n, u.log(t))
 	}
@@ -106,7 +106,7 @@ func TestFDStoreRestartRefusesNothing(t *testing.T) {
 			lu.stop()
 			t.Fatalf("restart %d: %v\n%s\n%s", i, err, out, u.log(t))
 		}
-		pid = u.waitActive(t, prev)
+		pid := u.waitActive(t, prev)
 		if got := listenInode(t, tcp); got != inode {
 			t.Fatalf("restart %d: listening socket inode %s, was %s", i, got, inode)
 		}

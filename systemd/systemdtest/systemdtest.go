@@ -5,7 +5,9 @@
 //
 // # How it works
 //
-// [Start] runs, as root,
+// [Start] runs, as root, essentially (the full script also moves the manager
+// into its own cgroup, bind-mounts a private terminal over /dev/console and
+// passes --unit=[BootTarget]; see below)
 //
 //	unshare --mount --propagation private sh -c \
 //	  'mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd &&
@@ -19,11 +21,26 @@
 // network namespace with the test, so a ListenStream=127.0.0.1:PORT socket
 // unit is reachable from the test.
 //
+// Each manager also gets:
+//
+//   - a cgroup of its own (/sdtest-N, in the cgroup2 and name=systemd
+//     hierarchies), which it uses as the root of its tree, so its units run
+//     in /sdtest-N/app.slice/<unit> and not in cgroups shared with other
+//     managers; Stop kills anything left there and removes it;
+//   - a private pseudo-terminal bind-mounted over /dev/console, where the
+//     manager writes its own log; it is copied into [Manager.Log] instead of
+//     going to the machine's (slow, shared) console;
+//   - an empty boot target ([BootTarget]) and an empty basic.target, so
+//     none of the distribution's default user units (dbus.socket, gpg-agent
+//     sockets, timers) run.
+//
 // # Rules for tests
 //
-//   - Give every unit a unique name ([UniqueName]). Cgroups are named after
-//     units and are shared between concurrently running managers: stopping
-//     "same.service" in one manager can kill "same.service" of another.
+//   - Give every unit a unique name ([UniqueName]): without a private
+//     cgroup (see above) cgroups are named after units and shared between
+//     concurrently running managers, so stopping "same.service" in one
+//     manager can kill "same.service" of another; names also show up in
+//     shared places such as file names.
 //   - There is no journald: let services log with
 //     StandardOutput=append:/some/file (for example below
 //     [Manager.RuntimeDir]).
@@ -48,6 +65,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -77,10 +95,29 @@ const (
 // SystemdPath is the systemd binary started with --user.
 const SystemdPath = "/lib/systemd/systemd"
 
+// BootTarget is the unit the manager starts at boot instead of
+// default.target. Start writes it, empty, to UnitDir, together with an
+// empty basic.target (which every service requires by default) that
+// replaces the distribution's. So none of the distribution's default user
+// units (dbus.socket, gpg-agent sockets, timers) run: their cgroups would be
+// shared with every other manager on the machine. dbus.socket, whose
+// ExecStartPost runs in /app.slice/dbus.socket, was seen to hang in
+// final-sigterm at shutdown with several managers around, keeping its
+// manager from exiting. Tests that want such a unit must start it
+// themselves.
+const BootTarget = "systemdtest.target"
+
+var bootUnits = map[string]string{
+	BootTarget:     "[Unit]\nDescription=systemdtest boot target\n",
+	"basic.target": "[Unit]\nDescription=Basic System (systemdtest: without the default sockets, timers and paths)\n",
+}
+
 // wrapperScript runs inside the private mount namespace created by unshare.
-// $0 is the systemd binary.
-const wrapperScript = `mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system && ` +
-	`{ ! [ -e /dev/console ] || mount --bind "$1" /dev/console; } && exec "$0" --user`
+// $0 is the systemd binary, $1 what to bind-mount over /dev/console, and
+// the remaining arguments are cgroup directories to move into.
+const wrapperScript = `con=$1; shift; for cg; do echo $$ > "$cg/cgroup.procs" || echo "systemdtest: cannot move into cgroup $cg" >&2; done; ` +
+	`mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system && ` +
+	`{ ! [ -e /dev/console ] || mount --bind "$con" /dev/console; } && exec "$0" --user --unit=` + BootTarget
 
 // Manager is a running systemd user manager owned by one test.
 type Manager struct {
@@ -89,6 +126,7 @@ type Manager struct {
 	cmd     *exec.Cmd
 	cancel  context.CancelFunc // SIGKILLs the manager's process group
 	done    chan struct{}      // closed once cmd.Wait has returned
+	cgroups []string           // the manager's own cgroups, removed by Stop
 	waitErr error              // result of cmd.Wait, valid after done
 
 	stopMu  sync.Mutex
@@ -133,19 +171,41 @@ func Start(t testing.TB) *Manager {
 		_ = os.RemoveAll(rt)
 		t.Fatalf("systemdtest: %v", err)
 	}
-	if err := os.WriteFile(filepath.Join(rt, "console"), nil, 0o600); err != nil {
-		_ = os.RemoveAll(rt)
-		t.Fatalf("systemdtest: %v", err)
+	for name, content := range bootUnits {
+		if err := os.WriteFile(filepath.Join(m.UnitDir(), name), []byte(content), 0o644); err != nil {
+			_ = os.RemoveAll(rt)
+			t.Fatalf("systemdtest: %v", err)
+		}
 	}
 	logf, err := os.OpenFile(m.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		_ = os.RemoveAll(rt)
 		t.Fatalf("systemdtest: %v", err)
 	}
+	// The manager's own log goes to /dev/console: give it a private
+	// terminal whose output is appended to the log file too. Without one,
+	// silence it rather than write to the machine's console.
+	consoleDev := "/dev/null"
+	var cons *console
+	if clog, err := os.OpenFile(m.logPath, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+		if cons, err = newConsole(clog); err == nil {
+			consoleDev = cons.path
+		} else {
+			clog.Close()
+			fmt.Fprintf(logf, "systemdtest: no private console, manager log discarded: %v\n", err)
+		}
+	}
+
+	cgroups, err := makeCgroups(filepath.Base(rt))
+	if err != nil {
+		fmt.Fprintf(logf, "systemdtest: no private cgroup, units share cgroups with other managers: %v\n", err)
+	}
+	m.cgroups = cgroups
 
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private",
-		"sh", "-c", wrapperScript, SystemdPath, filepath.Join(rt, "console"))
+	args := append([]string{"--mount", "--propagation", "private",
+		"sh", "-c", wrapperScript, SystemdPath, consoleDev}, cgroups...)
+	cmd := exec.CommandContext(ctx, "unshare", args...)
 	cmd.Env = m.env()
 	cmd.Dir = rt
 	cmd.Stdout = logf
@@ -165,11 +225,18 @@ func Start(t testing.TB) *Manager {
 	logf.Close() // the child has its own copy
 	if err != nil {
 		cancel()
+		if cons != nil {
+			cons.close()
+		}
+		m.removeCgroups()
 		_ = os.RemoveAll(rt)
 		t.Fatalf("systemdtest: starting manager: %v", err)
 	}
 	go func() {
 		m.waitErr = cmd.Wait()
+		if cons != nil {
+			cons.close()
+		}
 		close(m.done)
 	}()
 	t.Cleanup(func() {
@@ -343,12 +410,12 @@ func (m *Manager) Systemctl(ctx context.Context, args ...string) (string, error)
 }
 
 // MustSystemctl is [Manager.Systemctl] with a SystemctlTimeout bound that
-// calls t.Fatal on error.
+// calls t.Fatal, with the manager's log, on error.
 func (m *Manager) MustSystemctl(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := m.Systemctl(context.Background(), args...)
 	if err != nil {
-		t.Fatalf("systemdtest: %v", err)
+		t.Fatalf("systemdtest: %v\nmanager log:\n%s", err, m.Log())
 	}
 	return out
 }
@@ -361,7 +428,7 @@ func (m *Manager) Show(t testing.TB, unit string, props ...string) map[string]st
 	t.Helper()
 	out, err := m.Systemctl(context.Background(), showArgs(unit, props)...)
 	if err != nil {
-		t.Fatalf("systemdtest: %v", err)
+		t.Fatalf("systemdtest: %v\nmanager log:\n%s", err, m.Log())
 	}
 	return ParseShow(out)
 }
@@ -454,7 +521,36 @@ func (m *Manager) Stop() error {
 }
 
 func (m *Manager) stop() error {
-	defer m.cancel()
+	err := m.stopManager()
+	m.cancel()
+	if cerr := m.removeCgroups(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	return err
+}
+
+// removeCgroups kills what is left in the manager's cgroups (nothing, after
+// a clean shutdown) and removes them.
+func (m *Manager) removeCgroups() error {
+	var errs []error
+	for _, dir := range m.cgroups {
+		killed, err := removeCgroup(dir, 5*time.Second)
+		if killed > 0 {
+			m.appendLog(fmt.Sprintf("systemdtest: killed %d leftover processes in %s", killed, dir))
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) appendLog(line string) {
+	if f, err := os.OpenFile(m.logPath, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+		fmt.Fprintln(f, line)
+		f.Close()
+	}
+}
+
+func (m *Manager) stopManager() error {
 	if m.exited() {
 		return nil // died on its own; callers have seen that already
 	}

@@ -183,6 +183,15 @@ func TestCleanup(t *testing.T) {
 			return active(p) && p["MainPID"] != "0"
 		}, "ActiveState", "MainPID")
 		svcPID = mainPID(t, p)
+		// The unit runs in the manager's private cgroup tree, not in a
+		// /app.slice shared with other managers.
+		cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", svcPID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "/" + filepath.Base(rt) + "/app.slice/" + unit; !strings.Contains(string(cg), want) {
+			t.Errorf("service cgroups:\n%s\nwant them below %s", cg, want)
+		}
 		if err := syscall.Kill(mgrPID, 0); err != nil {
 			t.Fatalf("manager pid %d not alive while in use: %v", mgrPID, err)
 		}
@@ -220,6 +229,30 @@ func TestStop(t *testing.T) {
 	defer cancel()
 	if out, err := m.Systemctl(ctx, "show", "-p", "SystemState"); err == nil {
 		t.Errorf("systemctl still answers after Stop: %q", out)
+	}
+}
+
+// TestLog checks that the manager's own messages (which it writes to
+// /dev/console) end up in Log, and that the distribution's default user
+// units are not started.
+func TestLog(t *testing.T) {
+	t.Parallel()
+	m := systemdtest.Start(t)
+	unit := systemdtest.UniqueName("echod-fail") + ".service"
+	m.Install(t, unit, "[Service]\nType=oneshot\nExecStart=/bin/false\n")
+	if out, err := m.Systemctl(context.Background(), "start", unit); err == nil {
+		t.Fatalf("starting a service running /bin/false succeeded: %s", out)
+	}
+	want := unit + ": Main process exited, code=exited, status=1/FAILURE"
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(m.Log(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("manager log lacks %q:\n%s", want, m.Log())
+		}
+		time.Sleep(systemdtest.PollInterval)
+	}
+	if p := m.Show(t, "dbus.socket", "ActiveState"); p["ActiveState"] != "inactive" {
+		t.Errorf("dbus.socket is %q, want inactive (default units must not run)", p["ActiveState"])
 	}
 }
 
