@@ -28,10 +28,14 @@ test: ## vet, staticcheck, then every test with -race (real systemd tests includ
 
 check: test ## alias of test
 
-fuzz: ## run each fuzz target for a short while (FUZZTIME=30s)
-	@for t in $$($(GO) test -list '^Fuzz' ./... | grep -E '^Fuzz'); do \
-	  pkg=$$($(GO) test -list "^$$t$$" ./... 2>/dev/null | grep -B0 -A1 "^$$t$$" | tail -1 | awk '{print $$2}'); \
-	  echo "== $$t ($$pkg)"; $(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$${FUZZTIME:-30s} $$pkg || exit 1; done
+FUZZ_TARGETS := ./handoff:FuzzParseSpec ./handoff:FuzzStoreName ./systemd:FuzzParseListenEnv \
+	./systemd:FuzzStatus ./systemd:FuzzCheckState ./systemd:FuzzParseWatchdog ./cmd/echod:FuzzDecodeConfig
+FUZZTIME ?= 30s
+
+fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "== $${t#*:} ($${t%%:*})"; \
+	  $(GO) test -run='^$$' -fuzz="^$${t#*:}$$" -fuzztime=$(FUZZTIME) $${t%%:*}; done
 
 bench: build ## Go benchmarks and the echoload scenarios; writes bench/RESULTS.md
 	$(GO) test -run='^$$' -bench=. -benchmem ./daemon/ ./handoff/ ./systemd/

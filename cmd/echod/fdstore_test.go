@@ -119,7 +119,7 @@ func TestFDStoreRestartRefusesNothing(t *testing.T) {
 	okU, failU, errsU := lu.stop()
 	t.Logf("10 restarts under load: tcp %d ok %d failed, unix %d ok %d failed", okT, failT, okU, failU)
 	if failT+failU > 0 || okT == 0 || okU == 0 {
-		t.Fatalf("connections failed across restarts: tcp %d %v; unix %d %v\n%s", failT, errsT, failU, errsU, u.log(t))
+		t.Fatalf("connections failed across restarts: tcp %d %v; unix %d %v\n%s\nmanager:\n%s", failT, errsT, failU, errsU, u.log(t), m.Log())
 	}
 	if n := u.storeCount(t); n != "2" {
 		t.Fatalf("NFileDescriptorStore=%s after 10 restarts, want 2", n)

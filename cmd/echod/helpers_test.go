@@ -377,7 +377,7 @@ func startLoad(network, addr string, workers int) *load {
 					}
 					l.mu.Lock()
 					if len(l.errs) < 10 {
-						l.errs = append(l.errs, err.Error())
+						l.errs = append(l.errs, time.Now().Format("15:04:05.000000")+" "+err.Error())
 					}
 					l.mu.Unlock()
 				} else {

@@ -6,6 +6,8 @@
 //	                              when the new generation serves, non-zero
 //	                              with the reason when the reload failed
 //	echod status [-control PATH]  print the running generation's status
+//	echod stop [-control PATH]    stop after draining; returns when the
+//	                              daemon has exited (for ExecStop=)
 //	echod version                 print the version
 //
 // SIGHUP reloads (the binary at the same path is exec'd afresh with the same
@@ -19,7 +21,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/echod/echod/handoff"
 )
@@ -38,7 +44,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case "version":
 			fmt.Fprintln(stdout, version)
 			return 0
-		case "reload", "status":
+		case "reload", "status", "stop":
 			return runClient(args[0], args[1:], stdout, stderr)
 		}
 	}
@@ -76,10 +82,50 @@ func runClient(cmd string, args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	ans, err := controlRequest(ctx, *control, cmd)
+	if err == nil && cmd == "stop" {
+		err = waitStopped(ctx, ans)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "echod %s: %v\n", cmd, err)
 		return 1
 	}
 	fmt.Fprintln(stdout, ans)
 	return 0
+}
+
+// waitStopped waits until the process named by a "stop" answer
+// ("pid=N") has exited: it drains first, then waits for any previous
+// generation.
+func waitStopped(ctx context.Context, ans string) error {
+	pid, err := strconv.Atoi(strings.TrimPrefix(ans, "pid="))
+	if err != nil || pid <= 0 {
+		return fmt.Errorf("unexpected answer %q", ans)
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil // gone already
+	}
+	if err != nil {
+		return fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	for {
+		ms := -1
+		if dl, ok := ctx.Deadline(); ok {
+			ms = int(time.Until(dl).Milliseconds())
+			if ms <= 0 {
+				return fmt.Errorf("pid %d still running: %w", pid, context.DeadlineExceeded)
+			}
+		}
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, ms)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("poll pidfd: %w", err)
+		}
+		if n > 0 {
+			return nil
+		}
+	}
 }

@@ -30,7 +30,7 @@ func serve(cfg config, stderr io.Writer) error {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 
-	e := &echod{cfg: cfg, notifier: notifier}
+	e := &echod{cfg: cfg, notifier: notifier, stopReq: make(chan struct{}, 1)}
 	var store *systemd.Notifier
 	if cfg.FDStore {
 		store = notifier
@@ -77,6 +77,8 @@ type echod struct {
 	ctl      *controlServer
 	serving  sync.WaitGroup
 	nls      int
+
+	stopReq chan struct{} // a control-socket "stop"
 
 	mu       sync.Mutex
 	draining bool
@@ -184,6 +186,10 @@ wait:
 			e.log.Info("stopping", "signal", sig.String())
 			e.notify(systemd.Stopping, systemd.Status("stopping: draining "+strconv.Itoa(e.srv.Stats().Active)+" connections"))
 			break wait
+		case <-e.stopReq:
+			e.log.Info("stopping", "request", "control socket")
+			e.notify(systemd.Stopping, systemd.Status("stopping: draining "+strconv.Itoa(e.srv.Stats().Active)+" connections"))
+			break wait
 		case <-e.gen.Exit():
 			replaced = true
 			break wait
@@ -200,6 +206,9 @@ wait:
 		e.ctl.stopAccepting()
 	}
 	e.drain()
+	if !replaced {
+		e.waitParent()
+	}
 	// Stop first: a reload request still queued is then answered at once.
 	e.gen.Stop()
 	if e.ctl != nil {
@@ -233,6 +242,21 @@ func (e *echod) drain() {
 	}
 }
 
+// waitParent waits, on final stop, for a previous generation that is still
+// draining, so the main process exits last and 'echod stop' returns when
+// every generation is gone. It is bounded by the drain timeout (the
+// previous generation's own drain has the same bound) plus a margin.
+func (e *echod) waitParent() {
+	if !e.gen.HasParent() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.DrainTimeout.Duration+5*time.Second)
+	defer cancel()
+	if err := e.gen.WaitForParent(ctx); err != nil {
+		e.log.Warn("previous generation still running at exit", "err", err)
+	}
+}
+
 // reload runs one upgrade request and returns the control answer.
 func (e *echod) reload(ctx context.Context) string {
 	res, err := e.gen.Upgrade(ctx)
@@ -252,8 +276,14 @@ func (e *echod) control(ctx context.Context, cmd string) string {
 		return e.reload(ctx)
 	case "status":
 		return "ok " + e.status()
+	case "stop":
+		select {
+		case e.stopReq <- struct{}{}:
+		default: // already asked
+		}
+		return fmt.Sprintf("ok pid=%d", os.Getpid())
 	default:
-		return fmt.Sprintf("error unknown command %q (want reload or status)", cmd)
+		return fmt.Sprintf("error unknown command %q (want reload, status or stop)", cmd)
 	}
 }
 

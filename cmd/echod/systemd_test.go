@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -32,15 +33,31 @@ func (u *unitUnderTest) control() string {
 	return filepath.Join(u.m.RuntimeDir(), u.name, "control.sock")
 }
 
-// freePort asks the kernel for a free TCP port on 127.0.0.1.
+// freePort returns a free TCP port on 127.0.0.1 for a unit file to bind
+// later. It is taken below the kernel's ephemeral range (read from
+// /proc/sys/net/ipv4/ip_local_port_range), so that the outgoing
+// connections of load tests running meanwhile cannot take it.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil && v > 2048 {
+				low = v
+			}
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	for range 100 {
+		port := 1024 + mrand.IntN(low-1024)
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return ln.Addr().String()
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return ""
 }
 
 // installShippedUnits copies systemd/units/* into the manager with unique
@@ -321,10 +338,27 @@ func TestSystemdFailedReload(t *testing.T) {
 	}
 }
 
+// TestSystemdStopDrains: after a reload (the main pid is then a process
+// systemd did not start, which it does not wait for on stop everywhere),
+// `systemctl stop` lets both the main and the still-draining previous
+// generation serve their open connections to the end, and returns once
+// they closed.
 func TestSystemdStopDrains(t *testing.T) {
 	m := systemdtest.Start(t)
 	u := installShippedUnits(t, m, "")
 	u.startByActivation(t)
+	old, err := dialEcho("tcp", u.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.roundTrip(10); err != nil {
+		t.Fatal(err)
+	}
+	oldPID, _ := strconv.Atoi(u.show(t)["MainPID"])
+	if out, err := u.systemctl(t, "reload", u.service()); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
 	c, err := dialEcho("tcp", u.tcp)
 	if err != nil {
 		t.Fatal(err)
@@ -334,6 +368,9 @@ func TestSystemdStopDrains(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid, _ := strconv.Atoi(u.show(t)["MainPID"])
+	if pid == oldPID || !alive(oldPID) {
+		t.Fatalf("after the reload: main pid %d, old pid %d alive=%v; want a new main and the old one draining", pid, oldPID, alive(oldPID))
+	}
 
 	stopped := make(chan error, 1)
 	go func() {
@@ -343,18 +380,25 @@ func TestSystemdStopDrains(t *testing.T) {
 		stopped <- err
 	}()
 	m.WaitFor(t, 10*time.Second, u.service(), func(p map[string]string) bool { return p["ActiveState"] == "deactivating" }, "ActiveState")
-	// Draining: the open connection is still served.
+	// Draining: both open connections are still served.
 	for i := range 3 {
 		if err := c.roundTrip(1000 * (i + 1)); err != nil {
-			t.Fatalf("connection while stopping: %v", err)
+			t.Fatalf("connection to the main generation while stopping: %v\n%s\n%s", err, u.log(t), m.Log())
+		}
+		if err := old.roundTrip(1000 * (i + 1)); err != nil {
+			t.Fatalf("connection to the previous generation while stopping: %v\n%s\n%s", err, u.log(t), m.Log())
 		}
 	}
+	c.Close()
 	select {
 	case err := <-stopped:
 		t.Fatalf("stop finished while a connection was open (err %v)", err)
 	default:
 	}
-	c.Close()
+	if err := old.roundTrip(100); err != nil {
+		t.Fatalf("previous generation after the main one closed its last connection: %v", err)
+	}
+	old.Close()
 	select {
 	case err := <-stopped:
 		if err != nil {
@@ -364,11 +408,48 @@ func TestSystemdStopDrains(t *testing.T) {
 		t.Fatal("stop did not finish after the last connection closed")
 	}
 	waitExit(t, pid, 10*time.Second)
+	waitExit(t, oldPID, 10*time.Second)
 	st := u.show(t)
 	if st["ActiveState"] != "inactive" || st["Result"] != "success" {
 		t.Fatalf("after stop: %v", st)
 	}
-	if !strings.Contains(u.log(t), "msg=drained") {
-		t.Fatalf("no drain in the log:\n%s", u.log(t))
+	if strings.Contains(m.Log(), "SIGKILL") {
+		t.Fatalf("systemd killed a generation:\n%s", m.Log())
+	}
+	if n := strings.Count(u.log(t), "msg=drained"); n < 2 {
+		t.Fatalf("want both generations drained, log has %d drains:\n%s", n, u.log(t))
+	}
+}
+
+// TestSystemdWatchdog: with WatchdogSec= short, every generation keeps
+// the watchdog fed — also after reloads, when WATCHDOG_PID names the first
+// generation — so systemd never kills the service.
+func TestSystemdWatchdog(t *testing.T) {
+	m := systemdtest.Start(t)
+	u := installShippedUnits(t, m, "")
+	m.DropIn(t, u.service(), "watchdog", "[Service]\nWatchdogSec=600ms\n")
+	u.startByActivation(t)
+	for range 2 {
+		if out, err := u.systemctl(t, "reload", u.service()); err != nil {
+			t.Fatalf("reload: %v\n%s", err, out)
+		}
+	}
+	pid := u.show(t)["MainPID"]
+	// Watch for 3 watchdog periods: a starved watchdog makes systemd kill
+	// the main process (Result=watchdog) and restart it.
+	deadline := time.Now().Add(1800 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		st := u.show(t)
+		if st["ActiveState"] != "active" || st["MainPID"] != pid || st["NRestarts"] != "0" {
+			t.Fatalf("watchdog fired: %v\n%s", st, u.log(t))
+		}
+	}
+	c, err := dialEcho("tcp", u.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.roundTrip(10); err != nil {
+		t.Fatal(err)
 	}
 }
