@@ -102,3 +102,18 @@ func FuzzDecodeConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestLoggerTimestamps(t *testing.T) {
+	var b strings.Builder
+	t.Setenv("JOURNAL_STREAM", "")
+	newLogger(&b, "info").Info("hello", "gen", 1)
+	if !strings.HasPrefix(b.String(), "time=") {
+		t.Errorf("terminal log line %q has no timestamp", b.String())
+	}
+	b.Reset()
+	t.Setenv("JOURNAL_STREAM", "8:12345")
+	newLogger(&b, "info").Info("hello", "gen", 1)
+	if got := b.String(); got != "level=INFO msg=hello gen=1\n" {
+		t.Errorf("journal log line %q, want no timestamp", got)
+	}
+}

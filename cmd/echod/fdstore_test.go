@@ -139,6 +139,8 @@ func TestFDStoreCrashRefusesNothing(t *testing.T) {
 	u.mustSystemctl(t, "start", u.service())
 	u.waitActive(t, "")
 	inode := listenInode(t, tcp)
+	// A reload first: the main process is then one systemd did not start.
+	u.mustSystemctl(t, "reload", u.service())
 	lt := startLoad("tcp", tcp, 3)
 	for i := 1; i <= 3; i++ {
 		pid := u.show(t)["MainPID"]
