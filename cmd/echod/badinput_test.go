@@ -132,14 +132,7 @@ func TestSocketActivationWithoutSystemd(t *testing.T) {
 	if in.log.has(contains("msg=listener", defaultListen)) {
 		t.Fatal("echod bound its default address although systemd passed a socket")
 	}
-	c, err := dialEcho("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.roundTrip(777); err != nil {
-		t.Fatal(err)
-	}
+	c := mustEcho(t, "tcp", addr, 777)
 	if _, err := in.reload(); err != nil {
 		t.Fatal(err)
 	}
@@ -150,12 +143,5 @@ func TestSocketActivationWithoutSystemd(t *testing.T) {
 	if err := c.roundTrip(777); err != nil {
 		t.Fatal(err)
 	}
-	n, err := dialEcho("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	if err := n.roundTrip(99); err != nil {
-		t.Fatal(err)
-	}
+	mustEcho(t, "tcp", addr, 99)
 }

@@ -189,14 +189,7 @@ func TestFDStoreDropsUnconfiguredListener(t *testing.T) {
 		c.Close()
 		t.Fatalf("the dropped listener %s still accepts", b)
 	}
-	c, err := dialEcho("tcp", a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.roundTrip(100); err != nil {
-		t.Fatal(err)
-	}
+	mustEcho(t, "tcp", a, 100)
 }
 
 // TestFDStoreWarnsWhenNothingCameBack: without FileDescriptorStoreMax=

@@ -153,6 +153,7 @@ type instance struct {
 	control string
 	pidFile string
 	addrs   []string // listening addresses of generation 1, in log order
+	stopped sync.Once
 }
 
 // startEchod starts bin with args plus -pid-file and -control in a temp dir
@@ -212,7 +213,9 @@ func (in *instance) pids() []int {
 
 // stopAll sends SIGTERM to every generation and waits for the log pipe to
 // close (every process exited); SIGKILL after a bound.
-func (in *instance) stopAll() {
+func (in *instance) stopAll() { in.stopped.Do(in.stopAllOnce) }
+
+func (in *instance) stopAllOnce() {
 	for _, p := range in.pids() {
 		unix.Kill(p, unix.SIGTERM)
 	}
@@ -322,6 +325,21 @@ func dialEcho(network, addr string) (*echoConn, error) {
 		return nil, err
 	}
 	return &echoConn{Conn: c, buf: make([]byte, 64<<10)}, nil
+}
+
+// mustEcho dials addr, checks one echo of n bytes and closes the
+// connection at the end of the test.
+func mustEcho(t testing.TB, network, addr string, n int) *echoConn {
+	t.Helper()
+	c, err := dialEcho(network, addr)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.roundTrip(n); err != nil {
+		t.Fatalf("echo on %s: %v", addr, err)
+	}
+	return c
 }
 
 // roundTrip sends n random bytes and checks they come back intact.

@@ -132,4 +132,9 @@ func TestReloadStormUnderLoad(t *testing.T) {
 	if _, err := os.Stat(sock); err != nil {
 		t.Fatalf("unix socket file gone after reloads: %v", err)
 	}
+	// Final stop: the socket file echod bound is removed.
+	in.stopAll()
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatalf("unix socket file after the final stop: %v, want it removed", err)
+	}
 }

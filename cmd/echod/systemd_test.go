@@ -258,14 +258,7 @@ func TestSystemdSocketActivationAndReload(t *testing.T) {
 	if !strings.Contains(st["StatusText"], "generation 221") {
 		t.Fatalf("StatusText %q, want generation 221", st["StatusText"])
 	}
-	c, err := dialEcho("tcp", u.tcp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.roundTrip(5000); err != nil {
-		t.Fatal(err)
-	}
+	mustEcho(t, "tcp", u.tcp, 5000)
 }
 
 func TestSystemdFailedReload(t *testing.T) {
@@ -347,26 +340,12 @@ func TestSystemdStopDrains(t *testing.T) {
 	m := systemdtest.Start(t)
 	u := installShippedUnits(t, m, "")
 	u.startByActivation(t)
-	old, err := dialEcho("tcp", u.tcp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	if err := old.roundTrip(10); err != nil {
-		t.Fatal(err)
-	}
+	old := mustEcho(t, "tcp", u.tcp, 10)
 	oldPID, _ := strconv.Atoi(u.show(t)["MainPID"])
 	if out, err := u.systemctl(t, "reload", u.service()); err != nil {
 		t.Fatalf("reload: %v\n%s", err, out)
 	}
-	c, err := dialEcho("tcp", u.tcp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.roundTrip(10); err != nil {
-		t.Fatal(err)
-	}
+	c := mustEcho(t, "tcp", u.tcp, 10)
 	pid, _ := strconv.Atoi(u.show(t)["MainPID"])
 	if pid == oldPID || !alive(oldPID) {
 		t.Fatalf("after the reload: main pid %d, old pid %d alive=%v; want a new main and the old one draining", pid, oldPID, alive(oldPID))
@@ -416,6 +395,10 @@ func TestSystemdStopDrains(t *testing.T) {
 	if strings.Contains(m.Log(), "SIGKILL") {
 		t.Fatalf("systemd killed a generation:\n%s", m.Log())
 	}
+	// The socket unit's Unix socket belongs to systemd: still there.
+	if _, err := os.Stat(u.unix); err != nil {
+		t.Fatalf("socket-activated Unix socket after stop: %v", err)
+	}
 	if n := strings.Count(u.log(t), "msg=drained"); n < 2 {
 		t.Fatalf("want both generations drained, log has %d drains:\n%s", n, u.log(t))
 	}
@@ -444,12 +427,5 @@ func TestSystemdWatchdog(t *testing.T) {
 			t.Fatalf("watchdog fired: %v\n%s", st, u.log(t))
 		}
 	}
-	c, err := dialEcho("tcp", u.tcp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.roundTrip(10); err != nil {
-		t.Fatal(err)
-	}
+	mustEcho(t, "tcp", u.tcp, 10)
 }

@@ -225,14 +225,7 @@ func TestReloadQueuedWhileDraining(t *testing.T) {
 	addr := in.addrs[0]
 	streams := make([]*echoConn, 50)
 	for i := range streams {
-		c, err := dialEcho("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if err := c.roundTrip(32); err != nil {
-			t.Fatal(err)
-		}
+		c := mustEcho(t, "tcp", addr, 32)
 		streams[i] = c
 	}
 	pid1 := in.cmd.Process.Pid
@@ -274,14 +267,7 @@ func TestDrainTimeoutClosesTheRest(t *testing.T) {
 	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "300ms")
 	var conns []*echoConn
 	for range 3 {
-		c, err := dialEcho("tcp", in.addrs[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if err := c.roundTrip(10); err != nil {
-			t.Fatal(err)
-		}
+		c := mustEcho(t, "tcp", in.addrs[0], 10)
 		conns = append(conns, c)
 	}
 	in.cmd.Process.Signal(syscall.SIGTERM)
