@@ -37,8 +37,8 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
 	  echo "== $${t#*:} ($${t%%:*})"; \
 	  $(GO) test -run='^$$' -fuzz="^$${t#*:}$$" -fuzztime=$(FUZZTIME) $${t%%:*}; done
 
-bench: build ## Go benchmarks and the echoload scenarios; writes bench/RESULTS.md
-	$(GO) test -run='^$$' -bench=. -benchmem ./daemon/ ./handoff/ ./systemd/
+bench: build ## benchmark scenarios (echoload, real systemd, Go benchmarks); writes cmd/echobench/RESULTS.md
+	$(GO) run ./cmd/echobench -echod $(BIN)/echod -echoload $(BIN)/echoload -out cmd/echobench/RESULTS.md
 
 install: build ## install echod, echoload and the unit files under $(DESTDIR)$(PREFIX)
 	install -D -m 0755 $(BIN)/echod $(DESTDIR)$(PREFIX)/bin/echod

@@ -14,7 +14,7 @@ import (
 // installFDStoreUnit installs the shipped echod-fdstore.service under a
 // unique name, with its -listen replaced by a config file listing the
 // given addresses.
-func installFDStoreUnit(t *testing.T, m *systemdtest.Manager, listen ...string) *unitUnderTest {
+func installFDStoreUnit(t testing.TB, m *systemdtest.Manager, listen ...string) *unitUnderTest {
 	t.Helper()
 	dir := t.TempDir()
 	u := &unitUnderTest{
@@ -30,6 +30,9 @@ func installFDStoreUnit(t *testing.T, m *systemdtest.Manager, listen ...string) 
 	}
 	writeExec(t, u.bin, good)
 	u.writeListen(t, listen...)
+	if len(listen) > 0 {
+		u.tcp = listen[0]
+	}
 	b, err := os.ReadFile(filepath.Join("..", "..", "systemd", "units", "echod-fdstore.service"))
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +47,7 @@ func installFDStoreUnit(t *testing.T, m *systemdtest.Manager, listen ...string) 
 	return u
 }
 
-func (u *unitUnderTest) writeListen(t *testing.T, listen ...string) {
+func (u *unitUnderTest) writeListen(t testing.TB, listen ...string) {
 	t.Helper()
 	var q []string
 	for _, l := range listen {
@@ -55,19 +58,19 @@ func (u *unitUnderTest) writeListen(t *testing.T, listen ...string) {
 	}
 }
 
-func (u *unitUnderTest) storeCount(t *testing.T) string {
+func (u *unitUnderTest) storeCount(t testing.TB) string {
 	t.Helper()
 	return u.m.Show(t, u.service(), "NFileDescriptorStore")["NFileDescriptorStore"]
 }
 
-func (u *unitUnderTest) mustSystemctl(t *testing.T, args ...string) {
+func (u *unitUnderTest) mustSystemctl(t testing.TB, args ...string) {
 	t.Helper()
 	if out, err := u.systemctl(t, args...); err != nil {
 		t.Fatalf("systemctl %s: %v\n%s\n%s", strings.Join(args, " "), err, out, u.log(t))
 	}
 }
 
-func (u *unitUnderTest) waitActive(t *testing.T, notPID string) string {
+func (u *unitUnderTest) waitActive(t testing.TB, notPID string) string {
 	t.Helper()
 	st := u.m.WaitFor(t, 20*time.Second, u.service(), func(p map[string]string) bool {
 		return p["ActiveState"] == "active" && p["MainPID"] != "0" && p["MainPID"] != notPID

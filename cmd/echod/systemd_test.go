@@ -37,7 +37,7 @@ func (u *unitUnderTest) control() string {
 // later. It is taken below the kernel's ephemeral range (read from
 // /proc/sys/net/ipv4/ip_local_port_range), so that the outgoing
 // connections of load tests running meanwhile cannot take it.
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	low := 32768
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
@@ -63,7 +63,7 @@ func freePort(t *testing.T) string {
 // installShippedUnits copies systemd/units/* into the manager with unique
 // names, the test binary, a free port and a log file. The only other
 // change is the sandbox drop-in below.
-func installShippedUnits(t *testing.T, m *systemdtest.Manager, extra string) *unitUnderTest {
+func installShippedUnits(t testing.TB, m *systemdtest.Manager, extra string) *unitUnderTest {
 	t.Helper()
 	dir := t.TempDir()
 	u := &unitUnderTest{
@@ -137,19 +137,19 @@ ProcSubset=all
 `, logFile)
 }
 
-func (u *unitUnderTest) systemctl(t *testing.T, args ...string) (string, error) {
+func (u *unitUnderTest) systemctl(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	return u.m.Systemctl(ctx, args...)
 }
 
-func (u *unitUnderTest) show(t *testing.T) map[string]string {
+func (u *unitUnderTest) show(t testing.TB) map[string]string {
 	t.Helper()
 	return u.m.Show(t, u.service(), "MainPID", "ActiveState", "SubState", "NRestarts", "StatusText", "Result")
 }
 
-func (u *unitUnderTest) log(t *testing.T) string {
+func (u *unitUnderTest) log(t testing.TB) string {
 	b, _ := os.ReadFile(u.logFile)
 	return string(b)
 }
@@ -158,7 +158,7 @@ var statusPIDRe = regexp.MustCompile(`pid (\d+)`)
 
 // servingPID asks the running generation for its pid over the control
 // socket.
-func (u *unitUnderTest) servingPID(t *testing.T) int {
+func (u *unitUnderTest) servingPID(t testing.TB) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -172,7 +172,7 @@ func (u *unitUnderTest) servingPID(t *testing.T) int {
 
 // startByActivation starts the socket units and makes the first
 // connection, which starts the service.
-func (u *unitUnderTest) startByActivation(t *testing.T) {
+func (u *unitUnderTest) startByActivation(t testing.TB) {
 	t.Helper()
 	if out, err := u.systemctl(t, "start", u.name+".socket", u.name+"-unix.socket"); err != nil {
 		t.Fatalf("start sockets: %v\n%s", err, out)

@@ -13,7 +13,7 @@ import (
 
 // copyExec copies the file at src to dst (mode 0755) through a temporary
 // file and an atomic rename, as a package manager replaces a binary.
-func copyExec(t *testing.T, src, dst string) {
+func copyExec(t testing.TB, src, dst string) {
 	t.Helper()
 	b, err := os.ReadFile(src)
 	if err != nil {
@@ -22,7 +22,7 @@ func copyExec(t *testing.T, src, dst string) {
 	writeExec(t, dst, b)
 }
 
-func writeExec(t *testing.T, dst string, b []byte) {
+func writeExec(t testing.TB, dst string, b []byte) {
 	t.Helper()
 	tmp := dst + ".new"
 	if err := os.WriteFile(tmp, b, 0o755); err != nil {

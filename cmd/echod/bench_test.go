@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/echod/echod/systemd/systemdtest"
+)
+
+// The benchmarks in this file are scenarios through a real systemd user
+// manager: echoload drives the service while systemctl reloads, restarts
+// or kills it. They report figures (b.ReportMetric and the echoload table
+// in the log); they assert nothing about speed. Run them with
+//
+//	go test -run '^$' -bench Systemd -benchtime 1x -v ./cmd/echod
+
+// echoloadReport is the part of echoload's -json report read here.
+type echoloadReport struct {
+	Pass     bool `json:"pass"`
+	Failures struct {
+		ConnectRefused int64 `json:"connect_refused"`
+		Total          int64 `json:"total"`
+	} `json:"failures"`
+	Short struct {
+		OK     int64 `json:"ok"`
+		Failed int64 `json:"failed"`
+	} `json:"short"`
+	Connect struct {
+		NearReload struct {
+			P99MS float64 `json:"p99_ms"`
+			MaxMS float64 `json:"max_ms"`
+		} `json:"near_reload"`
+	} `json:"connect_latency"`
+	RTT struct {
+		Steady struct {
+			P99MS float64 `json:"p99_ms"`
+		} `json:"steady"`
+		NearReload struct {
+			P99MS float64 `json:"p99_ms"`
+		} `json:"near_reload"`
+	} `json:"rtt_latency"`
+	Reloads struct {
+		Count    int64 `json:"count"`
+		Failed   int64 `json:"failed"`
+		Duration struct {
+			P50MS float64 `json:"p50_ms"`
+			P99MS float64 `json:"p99_ms"`
+			MaxMS float64 `json:"max_ms"`
+		} `json:"duration"`
+	} `json:"reloads"`
+}
+
+// runEcholoadAgainst builds echoload, runs it against addr with a reload
+// command, logs its table and reports the figures.
+func runEcholoadAgainst(b *testing.B, m *systemdtest.Manager, addr, reloadCmd, every string, dur time.Duration) {
+	b.Helper()
+	dir := b.TempDir()
+	loadBin := filepath.Join(dir, "echoload")
+	if out, err := exec.Command("go", "build", "-o", loadBin, "../echoload").CombinedOutput(); err != nil {
+		b.Fatalf("build echoload: %v\n%s", err, out)
+	}
+	js := filepath.Join(dir, "report.json")
+	cmdline := []string{"-addr", addr, "-duration", dur.String(), "-concurrency", "4",
+		"-reload-cmd", "XDG_RUNTIME_DIR=" + m.RuntimeDir() + " " + reloadCmd, "-reload-every", every,
+		"-timeout", "10s", "-json", js}
+	ctx, cancel := context.WithTimeout(context.Background(), dur+2*time.Minute)
+	defer cancel()
+	b.ResetTimer()
+	out, err := exec.CommandContext(ctx, loadBin, cmdline...).CombinedOutput()
+	b.StopTimer()
+	b.Logf("echoload %s\n%s", strings.Join(cmdline, " "), out)
+	raw, rerr := os.ReadFile(js)
+	if rerr != nil {
+		b.Fatalf("echoload: %v (%v)", rerr, err)
+	}
+	var r echoloadReport
+	if err := json.Unmarshal(raw, &r); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(r.Reloads.Count), "reloads")
+	b.ReportMetric(float64(r.Reloads.Failed), "reloads-failed")
+	b.ReportMetric(float64(r.Short.OK), "conns-ok")
+	b.ReportMetric(float64(r.Failures.Total), "failures")
+	b.ReportMetric(float64(r.Failures.ConnectRefused), "refused")
+	b.ReportMetric(r.Reloads.Duration.P50MS, "reload-p50-ms")
+	b.ReportMetric(r.Reloads.Duration.P99MS, "reload-p99-ms")
+	b.ReportMetric(r.Connect.NearReload.P99MS, "connect-near-p99-ms")
+	b.ReportMetric(r.Connect.NearReload.MaxMS, "connect-near-max-ms")
+	b.ReportMetric(r.RTT.Steady.P99MS, "rtt-steady-p99-ms")
+	b.ReportMetric(r.RTT.NearReload.P99MS, "rtt-near-p99-ms")
+}
+
+// BenchmarkSystemdReload: `systemctl --user reload` every 200ms for 20s
+// under short-connection load, through the shipped socket units.
+func BenchmarkSystemdReload(b *testing.B) {
+	m := systemdtest.Start(b)
+	u := installShippedUnits(b, m, "")
+	if out, err := m.Systemctl(context.Background(), "start", u.name+".socket"); err != nil {
+		b.Fatalf("%v\n%s", err, out)
+	}
+	runEcholoadAgainst(b, m, u.tcp, "systemctl --user reload "+u.service(), "200ms", 20*time.Second)
+}
+
+// BenchmarkSystemdFDStoreRestart: `systemctl --user restart` every second
+// for 15s under load, listeners in the fd store: clients wait in the
+// backlog while no process runs; the connect latency shows how long.
+func BenchmarkSystemdFDStoreRestart(b *testing.B) {
+	m := systemdtest.Start(b)
+	u := installFDStoreUnit(b, m, freePort(b))
+	u.mustSystemctl(b, "start", u.service())
+	runEcholoadAgainst(b, m, u.tcp, "systemctl --user restart "+u.service(), "1s", 15*time.Second)
+}
+
+// BenchmarkSystemdFDStoreCrash: SIGKILL of the service every 2s for 15s
+// under load; Restart=always brings it back with the stored socket.
+// Connections in flight in the killed process are lost (counted as
+// failures); none should be refused.
+func BenchmarkSystemdFDStoreCrash(b *testing.B) {
+	m := systemdtest.Start(b)
+	u := installFDStoreUnit(b, m, freePort(b))
+	u.mustSystemctl(b, "start", u.service())
+	runEcholoadAgainst(b, m, u.tcp, "systemctl --user kill --signal=KILL "+u.service(), "2s", 15*time.Second)
+}
