@@ -43,9 +43,10 @@ bench: build ## benchmark scenarios (echoload, real systemd, Go benchmarks); wri
 install: build ## install echod, echoload and the unit files under $(DESTDIR)$(PREFIX)
 	install -D -m 0755 $(BIN)/echod $(DESTDIR)$(PREFIX)/bin/echod
 	install -D -m 0755 $(BIN)/echoload $(DESTDIR)$(PREFIX)/bin/echoload
-	install -D -m 0644 systemd/units/echod.socket $(DESTDIR)$(UNITDIR)/echod.socket
-	sed 's|/usr/local/bin/echod|$(PREFIX)/bin/echod|g' systemd/units/echod.service > $(BIN)/echod.service
-	install -D -m 0644 $(BIN)/echod.service $(DESTDIR)$(UNITDIR)/echod.service
+	install -d $(DESTDIR)$(UNITDIR)
+	for u in systemd/units/*.socket systemd/units/*.service; do \
+	  sed 's|/usr/local/bin/echod|$(PREFIX)/bin/echod|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); done
 
 clean: ## remove build output
 	rm -rf $(BIN)
