@@ -9,9 +9,10 @@
 //     the sockets that generation passed on.
 //  2. [Generation.Listeners] takes the listening sockets in this order:
 //     inherited from the previous generation, then passed by systemd socket
-//     activation (first generation only), then bound from the configured
-//     [Spec]s. Every socket is registered, so the next generation gets the
-//     very same socket (same inode, same accept queue).
+//     activation (first generation only), then — with Options.FDStore — kept
+//     for it in systemd's fd store, then bound from the configured [Spec]s.
+//     Every socket is registered, so the next generation gets the very same
+//     socket (same inode, same accept queue).
 //  3. [Generation.Ready] tells the previous generation that this one serves.
 //     Inherited sockets nobody claimed are closed then.
 //  4. [Generation.Upgrade] execs the binary at the daemon's path afresh and
@@ -23,6 +24,15 @@
 //     own reason ([Generation.Fail]) is part of the error.
 //  5. After a successful upgrade [Generation.Exit] is closed: stop
 //     accepting, drain and exit. Draining is the caller's job.
+//
+// With Options.FDStore the listeners this daemon binds are also handed to
+// systemd's file descriptor store ([StoreName] names them), so they outlive
+// the process across systemctl restart and crashes; listeners no longer
+// configured are removed from the store.
+//
+// A new generation learns its number, the systemd sockets it inherits and
+// where to report its pid or its failure from the ECHOD_HANDOFF environment
+// variable, which it removes at once.
 //
 // The package never calls signal.Notify or os.Exit; the program decides how
 // requests arrive (SIGHUP, a control socket) and when to exit.
