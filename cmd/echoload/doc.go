@@ -30,15 +30,32 @@
 // Failure classes, counted separately: connect_refused (including a
 // missing Unix socket), connect_timeout, reset (reset by peer or broken
 // pipe), eof (peer closed before the full echo), timeout (read or write),
-// corrupt, other. -timeout bounds the connect and each read and write.
+// corrupt, other. -timeout bounds the connect and each read and write
+// (not reloads).
 //
 // Reloads: -reload-cmd runs a shell command (sh -c) every -reload-every; a
 // reload lasts from the command's start to its exit and fails if it exits
-// non-zero or outlasts -timeout. -reload-signal SIG -reload-pid-file FILE
-// sends SIG to the pid in FILE; the reload lasts until FILE names a
+// non-zero or outlasts -reload-timeout. -reload-signal SIG -reload-pid-file
+// FILE sends SIG to the pid in FILE; the reload lasts until FILE names a
 // different pid (the new generation is ready) and fails if that takes
-// longer than -timeout. An operation overlapping [reload start, reload end
-// + -reload-window] counts as "near reload".
+// longer than -reload-timeout. -reload-timeout (default 60s) is separate
+// from -timeout because a daemon may legitimately queue a reload: echod
+// cannot start a new generation while the previous one still drains
+// long-lived connections, and carries the reload out as soon as that
+// generation exits (at most its drain timeout, 30s by default).
+//
+// Reloads never overlap: a tick of -reload-every that comes while a reload
+// is in progress is skipped, and the report counts the skipped ticks. When
+// the run ends, a reload command in progress is still waited for (a
+// "systemctl reload" must not be killed halfway; bounded by
+// -reload-timeout) and counts normally. A signal reload still waiting for
+// the new generation is not waited for: it is reported as pending (signal
+// mode only), which is neither a success nor a failure. Reports show
+// "reloads: N (ok X, failed Y, pending Z)" (JSON: reloads.pending,
+// reloads.skipped, "pending": true on the event); pending reloads are left
+// out of the reload-duration figures and do not make the run fail. An
+// operation overlapping [reload start, reload end + -reload-window] counts
+// as "near reload" (a pending reload ends with the run).
 //
 // Output: a live progress line on stderr when it is a terminal; a table on
 // stdout; -json FILE writes every figure with stable field names
@@ -47,9 +64,9 @@
 //
 // At start the soft RLIMIT_NOFILE is raised to the hard limit.
 //
-// Exit status: 0 if every operation and every reload succeeded, 1 if
-// anything failed (or an output file could not be written), 2 for invalid
-// flags.
+// Exit status: 0 if every operation succeeded and no reload failed (pending
+// reloads are not failures), 1 if anything failed (or an output file could
+// not be written), 2 for invalid flags.
 //
 // Flags:
 //
@@ -61,12 +78,13 @@
 //	-size n                  message size in bytes, 32-byte header included (default 64)
 //	-streams n               long-lived streams (default 0)
 //	-stream-interval d       pause between messages on a stream (default 0)
-//	-timeout d               bound on connect, each read/write, each reload (default 5s)
+//	-timeout d               bound on connect and each read/write (default 5s)
 //	-hold n                  hold mode: number of idle connections
 //	-reload-cmd cmd          reload command, run with sh -c
 //	-reload-signal sig       reload signal (HUP, USR2, ...; default HUP with -reload-pid-file)
 //	-reload-pid-file file    pid file of the daemon
 //	-reload-every d          interval between reload starts (default 1s)
+//	-reload-timeout d        bound on each reload: the command, or the wait for a new pid (default 60s)
 //	-reload-window d         "near reload" window after each reload (default 100ms)
 //	-json file               write the JSON report
 //	-plot file               write the RTT-over-time plot (.png, .svg, .pdf)

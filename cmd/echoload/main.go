@@ -25,7 +25,7 @@ const (
 
 // Exit statuses.
 const (
-	exitOK      = 0 // every operation and every reload succeeded
+	exitOK      = 0 // every operation succeeded, no reload failed (pending ones do not count)
 	exitFailure = 1 // at least one failure (or failed reload)
 	exitUsage   = 2 // bad flags or the run could not be set up
 )

@@ -7,10 +7,14 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -68,10 +72,12 @@ func TestRunPass(t *testing.T) {
 	var rep struct {
 		Pass    bool `json:"pass"`
 		Reloads struct {
-			Count int `json:"count"`
+			Count   int  `json:"count"`
+			Pending *int `json:"pending"`
+			Skipped *int `json:"skipped"`
 		} `json:"reloads"`
 	}
-	if err := json.Unmarshal(b, &rep); err != nil || !rep.Pass || rep.Reloads.Count == 0 {
+	if err := json.Unmarshal(b, &rep); err != nil || !rep.Pass || rep.Reloads.Count == 0 || rep.Reloads.Pending == nil || rep.Reloads.Skipped == nil {
 		t.Errorf("JSON report: %v %+v", err, rep)
 	}
 	if fi, err := os.Stat(plotPath); err != nil || fi.Size() == 0 {
@@ -109,6 +115,9 @@ func TestRunUsage(t *testing.T) {
 		{"-addr", "nonsense"},
 		{"extra"},
 		{"-no-such-flag"},
+		{"-reload-cmd", "true", "-reload-timeout", "0"},
+		{"-reload-cmd", "true", "-reload-timeout", "-1s"},
+		{"-reload-cmd", "true", "-reload-timeout", "soon"},
 	} {
 		var stdout, stderr bytes.Buffer
 		if code := run(context.Background(), args, &stdout, &stderr); code != exitUsage {
@@ -118,5 +127,62 @@ func TestRunUsage(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != exitOK || !strings.Contains(stderr.String(), "-reload-every") {
 		t.Errorf("-h: exit %d, usage %q", code, stderr.String())
+	}
+}
+
+func TestReloadTimeoutFlag(t *testing.T) {
+	o, err := parseFlags([]string{"-reload-cmd", "true"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cfg.Reload.Timeout != 60*time.Second || o.cfg.Timeout != defaultTimeout {
+		t.Errorf("defaults: reload timeout %v, timeout %v", o.cfg.Reload.Timeout, o.cfg.Timeout)
+	}
+	o, err = parseFlags([]string{"-reload-cmd", "true", "-timeout", "1s", "-reload-timeout", "90s"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cfg.Reload.Timeout != 90*time.Second || o.cfg.Timeout != time.Second {
+		t.Errorf("reload timeout %v, timeout %v", o.cfg.Reload.Timeout, o.cfg.Timeout)
+	}
+}
+
+// TestRunSignalPending: a signal reload whose new generation never appears
+// (this test process is the "daemon" and keeps its pid file) is pending at
+// the end of the run, which passes.
+func TestRunSignalPending(t *testing.T) {
+	dir := t.TempDir()
+	pidFile, jsonPath := filepath.Join(dir, "pid"), filepath.Join(dir, "r.json")
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{
+		"-addr", startEcho(t), "-duration", "200ms", "-streams", "1", "-concurrency", "0",
+		"-reload-signal", "USR1", "-reload-pid-file", pidFile, "-reload-every", "10ms", "-json", jsonPath,
+	}, &stdout, &stderr)
+	if code != exitOK || !strings.Contains(stdout.String(), "(ok 0, failed 0, pending 1)") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Pass    bool `json:"pass"`
+		Reloads struct {
+			Pending int `json:"pending"`
+			Failed  int `json:"failed"`
+			Events  []struct {
+				Pending bool `json:"pending"`
+			} `json:"events"`
+		} `json:"reloads"`
+	}
+	if err := json.Unmarshal(b, &rep); err != nil || !rep.Pass || rep.Reloads.Pending != 1 || rep.Reloads.Failed != 0 ||
+		len(rep.Reloads.Events) != 1 || !rep.Reloads.Events[0].Pending {
+		t.Errorf("JSON report: %v %+v", err, rep)
 	}
 }

@@ -30,8 +30,16 @@ type ReloadConfig struct {
 	PidFile string        // file holding the daemon's pid
 	Every   time.Duration // interval between reload starts
 	Window  time.Duration // an operation is "near" a reload if it overlaps [start, end+Window]
-	Timeout time.Duration // bound on the command / on waiting for the new pid
+	// Timeout bounds each reload: the command, or the wait for the new
+	// pid. 0 means DefaultReloadTimeout. It is separate from
+	// Config.Timeout: a reload may legitimately be queued for as long as
+	// the previous generation drains its connections.
+	Timeout time.Duration
 }
+
+// DefaultReloadTimeout is the default bound on one reload. It exceeds
+// echod's default drain timeout (30s), behind which a reload may be queued.
+const DefaultReloadTimeout = 60 * time.Second
 
 // Enabled reports whether reloads are configured.
 func (r ReloadConfig) Enabled() bool { return r.Cmd != "" || r.PidFile != "" }
@@ -133,8 +141,11 @@ func (c *Config) Validate() error {
 	if r.Window < 0 {
 		return errors.New("-reload-window must not be negative")
 	}
-	if r.Timeout <= 0 {
-		r.Timeout = c.Timeout
+	if r.Timeout < 0 {
+		return errors.New("-reload-timeout must be positive")
+	}
+	if r.Timeout == 0 {
+		r.Timeout = DefaultReloadTimeout
 	}
 	return nil
 }

@@ -30,7 +30,16 @@ func TestValidateDefaults(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.Reload.Signal != "HUP" || c.Reload.Timeout != time.Second || c.Reload.Mode() != "signal" {
+	// The reload timeout does not follow -timeout.
+	if c.Reload.Signal != "HUP" || c.Reload.Timeout != DefaultReloadTimeout || c.Reload.Mode() != "signal" {
 		t.Errorf("reload defaults = %+v", c.Reload)
+	}
+	c.Reload.Timeout = 90 * time.Second
+	if err := c.Validate(); err != nil || c.Reload.Timeout != 90*time.Second {
+		t.Errorf("reload timeout 90s: %v, %v", err, c.Reload.Timeout)
+	}
+	c.Reload.Timeout = -time.Second
+	if err := c.Validate(); err == nil {
+		t.Error("negative reload timeout accepted")
 	}
 }

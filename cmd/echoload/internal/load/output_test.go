@@ -72,6 +72,20 @@ func TestWriteJSONAndTable(t *testing.T) {
 			t.Errorf("JSON report lacks %q", k)
 		}
 	}
+	reloads, _ := m["reloads"].(map[string]any)
+	for _, k := range []string{"count", "ok", "failed", "pending", "skipped", "duration", "events"} {
+		if _, ok := reloads[k]; !ok {
+			t.Errorf("JSON reloads lacks %q: %v", k, reloads)
+		}
+	}
+	if events, _ := reloads["events"].([]any); len(events) == 0 {
+		t.Error("JSON reloads has no events")
+	} else if ev, _ := events[0].(map[string]any); ev["pending"] != false || ev["ok"] != true {
+		t.Errorf("JSON reload event = %v, want ok and not pending", ev)
+	}
+	if cfg, _ := m["config"].(map[string]any); cfg["reload_timeout_ms"] != float64(DefaultReloadTimeout.Milliseconds()) || cfg["timeout_ms"] != 2000.0 {
+		t.Errorf("JSON config = %v", cfg)
+	}
 	var back Report
 	if err := json.Unmarshal(b, &back); err != nil || back.Messages != rep.Messages || back.Reloads.Count != rep.Reloads.Count {
 		t.Errorf("JSON round trip: %v, messages %d/%d", err, back.Messages, rep.Messages)
@@ -81,7 +95,7 @@ func TestWriteJSONAndTable(t *testing.T) {
 	if err := rep.WriteTable(&out); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"PASS", "short conns", "rtt near reload", "reload duration", "connect refused", "reloads: "} {
+	for _, s := range []string{"PASS", "short conns", "rtt near reload", "reload duration", "connect refused", "reloads: ", "pending 0)", "timeout 60000ms"} {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, out.String())
 		}
@@ -94,5 +108,9 @@ func TestProgressLine(t *testing.T) {
 		if !strings.Contains(line, s) {
 			t.Errorf("progress line %q lacks %q", line, s)
 		}
+	}
+	line = progressLine(Progress{}, Progress{Elapsed: 9 * time.Second, Reloads: 1, ReloadActive: 7500 * time.Millisecond, ReloadSkip: 6, ReloadPend: 1})
+	if want := "reloads 1 (0 failed, 1 pending, 1 in progress for 7.5s, 6 ticks skipped)"; !strings.Contains(line, want) {
+		t.Errorf("progress line %q lacks %q", line, want)
 	}
 }

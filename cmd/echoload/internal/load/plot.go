@@ -17,6 +17,7 @@ var (
 	colorMax    = color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}
 	colorReload = color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}
 	colorFailed = color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}
+	colorPend   = color.RGBA{R: 0x7f, G: 0x7f, B: 0x7f, A: 0xff}
 )
 
 // CheckPlotPath reports whether path has an extension WritePlot supports.
@@ -29,7 +30,8 @@ func CheckPlotPath(path string) error {
 }
 
 // WritePlot draws RTT latency over time (p99 and max per timeline bucket),
-// marks each reload with a vertical line (red if it failed) and each bucket
+// marks each reload with a vertical line (red if it failed, grey if still
+// pending when the run ended) and each bucket
 // with failures with a red cross on the time axis, and saves it to path; the
 // format follows the extension (.png, .svg or .pdf).
 func (rep *Report) WritePlot(path string) error {
@@ -55,7 +57,7 @@ func (rep *Report) WritePlot(path string) error {
 	ymax *= 1.05
 
 	// Reload markers first, so the latency lines are drawn over them.
-	var okMark, failMark *plotter.Line
+	var okMark, failMark, pendMark *plotter.Line
 	for _, ev := range rep.Reloads.Events {
 		x := ev.StartMS / 1000
 		l, err := plotter.NewLine(plotter.XYs{{X: x, Y: 0}, {X: x, Y: ymax}})
@@ -65,12 +67,16 @@ func (rep *Report) WritePlot(path string) error {
 		l.Color = colorReload
 		l.Width = vg.Points(0.75)
 		l.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}
-		if !ev.OK {
+		switch {
+		case ev.OK:
+			okMark = l
+		case ev.Pending:
+			l.Color = colorPend
+			pendMark = l
+		default:
 			l.Color = colorFailed
 			l.Width = vg.Points(1)
 			failMark = l
-		} else {
-			okMark = l
 		}
 		p.Add(l)
 	}
@@ -94,6 +100,9 @@ func (rep *Report) WritePlot(path string) error {
 	}
 	if failMark != nil {
 		p.Legend.Add("failed reload", failMark)
+	}
+	if pendMark != nil {
+		p.Legend.Add("pending reload", pendMark)
 	}
 
 	var fails plotter.XYs

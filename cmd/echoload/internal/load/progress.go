@@ -38,6 +38,16 @@ func progressLine(prev, cur Progress) string {
 		rate = float64(msgs-prev.ShortOK-prev.StreamMsgs) / dt
 		mbps = float64(cur.Bytes-prev.Bytes) / dt / 1e6
 	}
-	return fmt.Sprintf("%6.1fs  short ok %d  stream msgs %d  %.0f msg/s  %.2f MB/s  errors %d  reloads %d (%d failed)",
+	line := fmt.Sprintf("%6.1fs  short ok %d  stream msgs %d  %.0f msg/s  %.2f MB/s  errors %d  reloads %d (%d failed",
 		cur.Elapsed.Seconds(), cur.ShortOK, cur.StreamMsgs, rate, mbps, cur.Failures, cur.Reloads, cur.ReloadFails)
+	if cur.ReloadPend > 0 {
+		line += fmt.Sprintf(", %d pending", cur.ReloadPend)
+	}
+	if cur.ReloadActive > 0 {
+		line += fmt.Sprintf(", 1 in progress for %.1fs", cur.ReloadActive.Seconds())
+	}
+	if cur.ReloadSkip > 0 {
+		line += fmt.Sprintf(", %d ticks skipped", cur.ReloadSkip)
+	}
+	return line + ")"
 }

@@ -33,10 +33,16 @@ type Failure struct {
 	Err        error
 }
 
-// ReloadEvent is one reload attempt.
+// ReloadEvent is one reload attempt. It either succeeded (OK), failed
+// (neither OK nor Pending), or is Pending.
 type ReloadEvent struct {
-	Start, End time.Duration // since the start of the run
+	Start, End time.Duration // since the start of the run; a pending reload ends with the run
 	OK         bool
+	// Pending (signal mode only) marks a reload still waiting for the new
+	// generation when the run ended, e.g. queued by the daemon behind a
+	// generation that drains long-lived connections. It is neither a
+	// success nor a failure.
+	Pending    bool
 	ExitStatus int // command mode: exit status (-1 if it did not exit normally)
 	OldPID     int // signal mode
 	NewPID     int // signal mode
@@ -64,6 +70,8 @@ type Recorder struct {
 	failures    atomic.Int64
 	reloads     atomic.Int64
 	reloadFails atomic.Int64
+	reloadPend  atomic.Int64
+	reloadSkip  atomic.Int64
 	bytes       atomic.Int64
 
 	mu            sync.Mutex
@@ -138,7 +146,10 @@ func (r *Recorder) ReloadEnd(ev ReloadEvent) {
 	r.reloadFinished, r.lastReloadStart, r.lastReloadEnd = true, ev.Start, ev.End
 	r.reloadMu.Unlock()
 	r.reloads.Add(1)
-	if !ev.OK {
+	switch {
+	case ev.Pending:
+		r.reloadPend.Add(1)
+	case !ev.OK:
 		r.reloadFails.Add(1)
 	}
 	r.mu.Lock()
@@ -148,6 +159,10 @@ func (r *Recorder) ReloadEnd(ev ReloadEvent) {
 		record(r.reloadDur, ev.End-ev.Start)
 	}
 }
+
+// ReloadSkipped counts a reload tick skipped because the previous reload
+// was still in progress.
+func (r *Recorder) ReloadSkipped() { r.reloadSkip.Add(1) }
 
 // Connect records a successful connect that started at opStart and took d.
 func (r *Recorder) Connect(opStart, d time.Duration) {
@@ -230,19 +245,35 @@ type Progress struct {
 	Failures    int64
 	Reloads     int64
 	ReloadFails int64
-	Bytes       int64
+	ReloadPend  int64 // reloads still in progress when the run ended
+	ReloadSkip  int64 // reload ticks skipped because a reload was in progress
+	// ReloadActive is how long the reload in progress has lasted, 0 if
+	// none is: a long one may be queued by the daemon (then pending at
+	// the end of the run).
+	ReloadActive time.Duration
+	Bytes        int64
 }
 
 // Progress returns the live counters.
 func (r *Recorder) Progress() Progress {
+	now := r.Since()
+	var active time.Duration
+	r.reloadMu.Lock()
+	if r.reloadActive {
+		active = max(now-r.reloadStart, 1)
+	}
+	r.reloadMu.Unlock()
 	return Progress{
-		Elapsed:     r.Since(),
-		ShortOK:     r.shortOK.Load(),
-		StreamMsgs:  r.streamMsgs.Load(),
-		Failures:    r.failures.Load(),
-		Reloads:     r.reloads.Load(),
-		ReloadFails: r.reloadFails.Load(),
-		Bytes:       r.bytes.Load(),
+		Elapsed:      now,
+		ShortOK:      r.shortOK.Load(),
+		StreamMsgs:   r.streamMsgs.Load(),
+		Failures:     r.failures.Load(),
+		Reloads:      r.reloads.Load(),
+		ReloadFails:  r.reloadFails.Load(),
+		ReloadPend:   r.reloadPend.Load(),
+		ReloadSkip:   r.reloadSkip.Load(),
+		ReloadActive: active,
+		Bytes:        r.bytes.Load(),
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,6 +46,7 @@ type Reloader struct {
 	rec *Recorder
 
 	onReload func(ReloadEvent) // test hook, called after each reload
+	onSkip   func()            // test hook, called after each skipped tick
 }
 
 // NewReloader returns a reloader for cfg, which must be Enabled.
@@ -74,35 +76,59 @@ func cmp(s, def string) string {
 	return s
 }
 
-// Run triggers a reload every cfg.Every until ctx is done. Reloads never
-// overlap: a tick that arrives while a reload is running is dropped. A
-// reload in progress when ctx is done runs to completion (it is bounded by
-// cfg.Timeout).
+// Run triggers a reload every cfg.Every until ctx (the run) is done.
+// Reloads never overlap: a tick that arrives while a reload is in progress
+// is skipped and counted (Recorder.ReloadSkipped). When ctx is done, Run
+// waits for the reload in progress: in command mode the command runs to
+// completion (bounded by cfg.Timeout: a "systemctl reload" must not be
+// killed halfway); in signal mode the wait for the new pid stops at once
+// and the reload is recorded as pending.
 func (r *Reloader) Run(ctx context.Context) {
 	t := time.NewTicker(r.cfg.Every)
 	defer t.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	busy := make(chan struct{}, 1) // holds a token while a reload runs
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			r.Once()
+			if ctx.Err() != nil {
+				return // both were ready; the run is over
+			}
+			select {
+			case busy <- struct{}{}:
+				wg.Go(func() {
+					defer func() { <-busy }()
+					r.Once(ctx)
+				})
+			default:
+				r.rec.ReloadSkipped()
+				if r.onSkip != nil {
+					r.onSkip()
+				}
+			}
 		}
 	}
 }
 
-// Once performs one reload, records it and returns it.
-func (r *Reloader) Once() ReloadEvent {
+// Once performs one reload, records it and returns it. ctx is the run: in
+// signal mode, a reload whose new generation has not appeared when ctx is
+// done is recorded as pending (see ReloadEvent.Pending). In command mode
+// ctx is ignored: the command always runs to completion or to the reload
+// timeout.
+func (r *Reloader) Once(ctx context.Context) ReloadEvent {
 	ev := ReloadEvent{Start: r.rec.Since(), ExitStatus: -1}
 	r.rec.ReloadBegin(ev.Start)
 	var err error
 	if r.cfg.Cmd != "" {
 		ev.ExitStatus, err = r.runCmd()
 	} else {
-		ev.OldPID, ev.NewPID, err = r.signal()
+		ev.OldPID, ev.NewPID, ev.Pending, err = r.signal(ctx)
 	}
 	ev.End = r.rec.Since()
-	ev.OK = err == nil
+	ev.OK = err == nil && !ev.Pending
 	if err != nil {
 		ev.Err = err.Error()
 	}
@@ -129,7 +155,7 @@ func (r *Reloader) runCmd() (exitStatus int, err error) {
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			err = fmt.Errorf("timed out after %v: %w", r.cfg.Timeout, err)
+			err = fmt.Errorf("timed out after %v (-reload-timeout): %w", r.cfg.Timeout, err)
 		}
 		msg := strings.TrimSpace(out.String())
 		if len(msg) > maxReloadOutput {
@@ -145,14 +171,26 @@ func (r *Reloader) runCmd() (exitStatus int, err error) {
 
 // signal sends the signal to the pid in the pid file, then polls the file
 // until it names a different pid (the new generation is ready), bounded by
-// the timeout.
-func (r *Reloader) signal() (oldPID, newPID int, err error) {
+// the reload timeout. If ctx is done first, it stops waiting and reports
+// the reload as pending: the daemon may legitimately hold it back (echod
+// queues a reload while the previous generation drains its connections).
+func (r *Reloader) signal(ctx context.Context) (oldPID, newPID int, pending bool, err error) {
 	oldPID, err = readPID(r.cfg.PidFile)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, false, err
 	}
 	if err := unix.Kill(oldPID, r.sig); err != nil {
-		return oldPID, 0, fmt.Errorf("send %v to pid %d: %w", r.sig, oldPID, err)
+		return oldPID, 0, false, fmt.Errorf("send %v to pid %d: %w", r.sig, oldPID, err)
+	}
+	// changed reads the pid file; a missing, empty or half-written file
+	// just means "not yet".
+	changed := func() bool {
+		pid, err := readPID(r.cfg.PidFile)
+		if err == nil && pid != oldPID {
+			newPID = pid
+			return true
+		}
+		return false
 	}
 	deadline := time.NewTimer(r.cfg.Timeout)
 	defer deadline.Stop()
@@ -160,12 +198,19 @@ func (r *Reloader) signal() (oldPID, newPID int, err error) {
 	defer tick.Stop()
 	for {
 		select {
+		case <-ctx.Done():
+			if changed() {
+				return oldPID, newPID, false, nil
+			}
+			return oldPID, 0, true, nil
 		case <-deadline.C:
-			return oldPID, 0, fmt.Errorf("pid file %s still names pid %d %v after sending %v", r.cfg.PidFile, oldPID, r.cfg.Timeout, r.sig)
+			if changed() {
+				return oldPID, newPID, false, nil
+			}
+			return oldPID, 0, false, fmt.Errorf("pid file %s still names pid %d %v after sending %v (-reload-timeout)", r.cfg.PidFile, oldPID, r.cfg.Timeout, r.sig)
 		case <-tick.C:
-			// A missing, empty or half-written file just means "not yet".
-			if pid, err := readPID(r.cfg.PidFile); err == nil && pid != oldPID {
-				return oldPID, pid, nil
+			if changed() {
+				return oldPID, newPID, false, nil
 			}
 		}
 	}

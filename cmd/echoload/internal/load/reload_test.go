@@ -1,6 +1,7 @@
 package load
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/signal"
@@ -42,7 +43,7 @@ func TestReloadCmd(t *testing.T) {
 	} {
 		t.Run(tt.cmd, func(t *testing.T) {
 			r, rec := newTestReloader(t, ReloadConfig{Cmd: tt.cmd})
-			ev := r.Once()
+			ev := r.Once(context.Background())
 			if ev.OK != tt.ok || ev.ExitStatus != tt.status || !strings.Contains(ev.Err, tt.errSub) || ev.End < ev.Start {
 				t.Fatalf("event = %+v, want ok=%v status=%d error containing %q", ev, tt.ok, tt.status, tt.errSub)
 			}
@@ -60,7 +61,7 @@ func TestReloadCmd(t *testing.T) {
 
 func TestReloadCmdTimeout(t *testing.T) {
 	r, _ := newTestReloader(t, ReloadConfig{Cmd: "exec sleep 10", Timeout: 50 * time.Millisecond})
-	ev := r.Once()
+	ev := r.Once(context.Background())
 	if ev.OK || !strings.Contains(ev.Err, "timed out") {
 		t.Fatalf("event = %+v, want a timeout failure", ev)
 	}
@@ -110,7 +111,7 @@ func TestReloadSignal(t *testing.T) {
 			writePID(newPID)
 		}()
 		r, rec := newTestReloader(t, ReloadConfig{Signal: "usr1", PidFile: pidFile})
-		ev := r.Once()
+		ev := r.Once(context.Background())
 		<-done
 		if !ev.OK || ev.OldPID != os.Getpid() || ev.NewPID != newPID {
 			t.Fatalf("event = %+v", ev)
@@ -122,15 +123,39 @@ func TestReloadSignal(t *testing.T) {
 	t.Run("no new generation", func(t *testing.T) {
 		writePID(os.Getpid())
 		r, _ := newTestReloader(t, ReloadConfig{Signal: "SIGUSR1", PidFile: pidFile, Timeout: 30 * time.Millisecond})
-		ev := r.Once()
+		ev := r.Once(context.Background())
 		<-sigs // the signal was delivered
-		if ev.OK || !strings.Contains(ev.Err, "still names pid") {
+		if ev.OK || ev.Pending || !strings.Contains(ev.Err, "still names pid") || !strings.Contains(ev.Err, "-reload-timeout") {
 			t.Fatalf("event = %+v", ev)
+		}
+	})
+	t.Run("pending when the run ends", func(t *testing.T) {
+		// The pid file never changes, the reload timeout is far away,
+		// and the run ends (ctx is cancelled) once the signal arrived.
+		writePID(os.Getpid())
+		r, rec := newTestReloader(t, ReloadConfig{Signal: "USR1", PidFile: pidFile, Timeout: time.Hour})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan ReloadEvent, 1)
+		go func() { done <- r.Once(ctx) }()
+		<-sigs
+		cancel()
+		ev := <-done
+		if ev.OK || !ev.Pending || ev.Err != "" || ev.OldPID != os.Getpid() || ev.NewPID != 0 || ev.End < ev.Start {
+			t.Fatalf("event = %+v, want pending", ev)
+		}
+		rep := rec.report(&Config{Reload: ReloadConfig{PidFile: pidFile, Signal: "USR1"}}, time.Second)
+		r2 := rep.Reloads
+		if !rep.Pass || r2.Count != 1 || r2.Pending != 1 || r2.Failed != 0 || r2.OK != 0 || r2.Duration.Count != 0 ||
+			len(r2.Failures) != 0 || len(r2.Events) != 1 || !r2.Events[0].Pending || r2.Events[0].OK {
+			t.Errorf("pass = %v, reloads = %+v", rep.Pass, r2)
+		}
+		if p := rec.Progress(); p.Reloads != 1 || p.ReloadFails != 0 || p.ReloadPend != 1 || p.ReloadActive != 0 {
+			t.Errorf("progress = %+v", p)
 		}
 	})
 	t.Run("missing pid file", func(t *testing.T) {
 		r, _ := newTestReloader(t, ReloadConfig{Signal: "HUP", PidFile: pidFile + ".missing"})
-		if ev := r.Once(); ev.OK || !strings.Contains(ev.Err, "read pid file") {
+		if ev := r.Once(context.Background()); ev.OK || !strings.Contains(ev.Err, "read pid file") {
 			t.Fatalf("event = %+v", ev)
 		}
 	})
@@ -176,5 +201,123 @@ func TestRunWithReloads(t *testing.T) {
 				t.Errorf("rtt near %d steady %d all %d", rep.RTT.NearReload.Count, rep.RTT.Steady.Count, rep.RTT.All.Count)
 			}
 		})
+	}
+}
+
+// signalDaemon makes this test process the "daemon" of signal mode: it
+// writes its own pid to a pid file, which never changes (the new
+// generation never appears), and catches SIGUSR1 so that reloads do not
+// kill it. It returns the pid file.
+func signalDaemon(t *testing.T) string {
+	t.Helper()
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1)
+	t.Cleanup(func() { signal.Stop(sigs) })
+	return pidFile
+}
+
+// TestRunSignalPending: the new generation never appears (as when echod
+// queues a reload behind a generation draining long-lived streams) and
+// the run ends long before the reload timeout. The reload in progress is
+// pending, not failed; the run passes; later ticks were skipped.
+func TestRunSignalPending(t *testing.T) {
+	pidFile := signalDaemon(t)
+	rep, err := Run(context.Background(), Config{
+		Addr: startTCP(t, echoHandler), Duration: 300 * time.Millisecond, Streams: 1, Size: testSize,
+		Timeout: 2 * time.Second,
+		Reload:  ReloadConfig{Signal: "USR1", PidFile: pidFile, Every: 5 * time.Millisecond, Timeout: time.Hour},
+	}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rep.Reloads
+	if !rep.Pass || r.Count != 1 || r.Pending != 1 || r.OK != 0 || r.Failed != 0 || r.Duration.Count != 0 || len(r.Failures) != 0 {
+		t.Fatalf("pass = %v, reloads = %+v, failures = %+v", rep.Pass, r, rep.Failures.All)
+	}
+	if ev := r.Events[0]; !ev.Pending || ev.OK || ev.Error != "" || ev.OldPID != os.Getpid() {
+		t.Errorf("event = %+v", ev)
+	}
+	// The reload lasted from the first tick (5ms) to the end of the run
+	// (300ms): the ticks in between were skipped.
+	if r.Skipped == 0 {
+		t.Errorf("no skipped tick: %+v", r)
+	}
+	if rep.Config.ReloadTimeoutMS != float64(time.Hour.Milliseconds()) {
+		t.Errorf("reload_timeout_ms = %v", rep.Config.ReloadTimeoutMS)
+	}
+
+	var out bytes.Buffer
+	if err := rep.WriteTable(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"PASS", "reloads: 1 (ok 0, failed 0, pending 1)", "still waiting for the new generation when the run ended", "ticks came while a reload was still in progress", "no new pid after"} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("table lacks %q:\n%s", s, out.String())
+		}
+	}
+	if err := rep.WritePlot(filepath.Join(t.TempDir(), "p.svg")); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestRunSignalReloadTimeout: the new generation never appears and the
+// reload timeout is short compared with the run: the reloads fail, and so
+// does the run, though the server never failed.
+func TestRunSignalReloadTimeout(t *testing.T) {
+	pidFile := signalDaemon(t)
+	rep, err := Run(context.Background(), Config{
+		Addr: startTCP(t, echoHandler), Duration: 400 * time.Millisecond, Streams: 1, Size: testSize,
+		Timeout: 2 * time.Second,
+		Reload:  ReloadConfig{Signal: "USR1", PidFile: pidFile, Every: 50 * time.Millisecond, Timeout: 20 * time.Millisecond},
+	}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rep.Reloads
+	if rep.Pass || r.Failed == 0 || r.OK != 0 || r.Pending > 1 || r.Count != r.Failed+r.Pending || rep.Failures.All.Total != 0 {
+		t.Fatalf("pass = %v, reloads = %+v, failures = %+v", rep.Pass, r, rep.Failures.All)
+	}
+	if !strings.Contains(r.Failures[0].Error, "still names pid") {
+		t.Errorf("first reload failure = %+v", r.Failures[0])
+	}
+}
+
+// TestReloaderSkips checks that ticks arriving while a reload is in
+// progress are skipped and counted, and that Run waits for the reload
+// command in progress when its context is done.
+func TestReloaderSkips(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The command blocks until the test writes to the fifo.
+	r, rec := newTestReloader(t, ReloadConfig{Cmd: "read x < " + fifo, Every: time.Millisecond, Timeout: time.Minute})
+	started := make(chan struct{})
+	var once sync.Once
+	r.onSkip = func() { once.Do(func() { close(started) }) }
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		r.Run(ctx)
+	}()
+	<-started // a tick was skipped: the first reload is in progress
+	cancel()
+	f, err := os.OpenFile(fifo, os.O_WRONLY, 0) // blocks until the command opened it
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("go\n"); err != nil {
+		t.Error(err)
+	}
+	f.Close()
+	<-ran
+	rep := rec.report(&Config{Reload: r.cfg}, time.Second)
+	if r2 := rep.Reloads; r2.Count != 1 || r2.OK != 1 || r2.Pending != 0 || r2.Skipped == 0 {
+		t.Errorf("reloads = %+v", r2)
 	}
 }

@@ -46,7 +46,7 @@ type ConfigReport struct {
 	Size             int     `json:"size"`
 	Streams          int     `json:"streams"`
 	StreamIntervalMS float64 `json:"stream_interval_ms"`
-	TimeoutMS        float64 `json:"timeout_ms"`
+	TimeoutMS        float64 `json:"timeout_ms"` // connect and each read/write (not reloads)
 	Hold             int     `json:"hold"`
 	ReloadMode       string  `json:"reload_mode"` // "", "cmd" or "signal"
 	ReloadCmd        string  `json:"reload_cmd,omitempty"`
@@ -54,6 +54,7 @@ type ConfigReport struct {
 	ReloadPidFile    string  `json:"reload_pid_file,omitempty"`
 	ReloadEveryMS    float64 `json:"reload_every_ms"`
 	ReloadWindowMS   float64 `json:"reload_window_ms"`
+	ReloadTimeoutMS  float64 `json:"reload_timeout_ms"`
 }
 
 // ShortReport counts short connections.
@@ -143,12 +144,20 @@ type FailureRecord struct {
 	Error      string  `json:"error"`
 }
 
-// ReloadReport summarises the reloads.
+// ReloadReport summarises the reloads. Count = OK + Failed + Pending.
 type ReloadReport struct {
-	Mode     string              `json:"mode"`
-	Count    int                 `json:"count"`
-	OK       int                 `json:"ok"`
-	Failed   int                 `json:"failed"`
+	Mode   string `json:"mode"`
+	Count  int    `json:"count"`
+	OK     int    `json:"ok"`
+	Failed int    `json:"failed"`
+	// Pending counts reloads (signal mode) still waiting for the new
+	// generation when the run ended, e.g. queued by the daemon behind a
+	// generation that drains long-lived connections; they do not fail
+	// the run.
+	Pending int `json:"pending"`
+	// Skipped counts reload ticks (every -reload-every) skipped because
+	// the previous reload was still in progress: reloads never overlap.
+	Skipped  int64               `json:"skipped"`
 	Duration Latency             `json:"duration"` // successful reloads only
 	Failures []ReloadEventReport `json:"first_failures"`
 	Events   []ReloadEventReport `json:"events"`
@@ -160,6 +169,7 @@ type ReloadEventReport struct {
 	EndMS      float64 `json:"end_ms"`
 	DurationMS float64 `json:"duration_ms"`
 	OK         bool    `json:"ok"`
+	Pending    bool    `json:"pending"`     // still in progress when the run ended: neither ok nor failed; end_ms is the end of the run
 	ExitStatus int     `json:"exit_status"` // command mode; -1 otherwise or if killed
 	OldPID     int     `json:"old_pid,omitempty"`
 	NewPID     int     `json:"new_pid,omitempty"`
@@ -214,6 +224,7 @@ func configReport(cfg *Config) ConfigReport {
 		r.ReloadSignal = cfg.Reload.Signal
 		r.ReloadEveryMS = ms(cfg.Reload.Every)
 		r.ReloadWindowMS = ms(cfg.Reload.Window)
+		r.ReloadTimeoutMS = ms(cfg.Reload.Timeout)
 	}
 	return r
 }
@@ -259,6 +270,7 @@ func (r *Recorder) report(cfg *Config, elapsed time.Duration) *Report {
 	}
 	rep.Reloads = ReloadReport{
 		Mode:     cfg.Reload.Mode(),
+		Skipped:  r.reloadSkip.Load(),
 		Duration: latencyOf(r.reloadDur),
 		Failures: []ReloadEventReport{},
 		Events:   make([]ReloadEventReport, 0, len(r.reloadEvents)),
@@ -266,12 +278,15 @@ func (r *Recorder) report(cfg *Config, elapsed time.Duration) *Report {
 	for _, ev := range r.reloadEvents {
 		er := ReloadEventReport{
 			StartMS: ms(ev.Start), EndMS: ms(ev.End), DurationMS: ms(ev.End - ev.Start),
-			OK: ev.OK, ExitStatus: ev.ExitStatus, OldPID: ev.OldPID, NewPID: ev.NewPID, Error: ev.Err,
+			OK: ev.OK, Pending: ev.Pending, ExitStatus: ev.ExitStatus, OldPID: ev.OldPID, NewPID: ev.NewPID, Error: ev.Err,
 		}
 		rep.Reloads.Count++
-		if ev.OK {
+		switch {
+		case ev.OK:
 			rep.Reloads.OK++
-		} else {
+		case ev.Pending:
+			rep.Reloads.Pending++
+		default:
 			rep.Reloads.Failed++
 			if len(rep.Reloads.Failures) < maxFirstFailures {
 				rep.Reloads.Failures = append(rep.Reloads.Failures, er)

@@ -24,7 +24,10 @@ type Options struct {
 // and returns the report. It returns an error only if the run could not be
 // set up; failures of the server under test are in the report
 // (Report.Pass). Cancelling ctx ends the run early; operations in flight
-// still complete (each is bounded by cfg.Timeout) and are reported.
+// still complete (each is bounded by cfg.Timeout) and are reported. When
+// the run ends, a reload command in progress still runs to completion
+// (bounded by cfg.Reload.Timeout); a signal reload still waiting for the
+// new generation is reported as pending.
 func Run(ctx context.Context, cfg Config, opts Options) (*Report, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration: %w", err)
@@ -41,48 +44,57 @@ func Run(ctx context.Context, cfg Config, opts Options) (*Report, error) {
 		}
 	}
 
-	// Background goroutines: reloads and progress display. They stop
-	// when the workload is over.
-	bgCtx, stopBackground := context.WithCancel(ctx)
-	defer stopBackground()
-	var bg sync.WaitGroup
-	if reloader != nil {
-		bg.Go(func() { reloader.Run(bgCtx) })
+	// The run's context: done when the load's duration ends, -count is
+	// reached, the hold is over, or ctx is done. Reloads stop being
+	// triggered then; the reload in progress is recorded as pending
+	// (signal mode) or allowed to complete (command mode, bounded by the
+	// reload timeout).
+	runCtx, endRun := context.WithCancel(ctx)
+	defer endRun()
+	if cfg.Hold == 0 && cfg.Duration > 0 {
+		var cancelTimeout context.CancelFunc
+		runCtx, cancelTimeout = context.WithTimeout(runCtx, cfg.Duration)
+		defer cancelTimeout()
 	}
+	var reloads sync.WaitGroup
+	if reloader != nil {
+		reloads.Go(func() { reloader.Run(runCtx) })
+	}
+	// The progress display lasts until the reloads are over too.
+	progressCtx, stopProgress := context.WithCancel(ctx)
+	defer stopProgress()
+	var progress sync.WaitGroup
 	if opts.Progress != nil {
-		bg.Go(func() { showProgress(bgCtx, opts.Progress, rec, opts.ProgressInterval) })
+		progress.Go(func() { showProgress(progressCtx, opts.Progress, rec, opts.ProgressInterval) })
+	}
+	finish := func() {
+		endRun()
+		reloads.Wait()
+		stopProgress()
+		progress.Wait()
 	}
 
 	var rep *Report
 	if cfg.Hold > 0 {
 		hr, elapsed := runHold(ctx, &cfg, target, rec)
-		stopBackground()
-		bg.Wait()
+		finish()
 		rep = rec.report(&cfg, elapsed)
 		rep.Mode = "hold"
 		rep.Hold = hr
 		rep.Pass = rep.Pass && hr.Opened == hr.Requested && hr.StillEchoing == hr.Opened
 	} else {
-		elapsed := runLoad(ctx, &cfg, target, rec)
-		stopBackground()
-		bg.Wait()
+		elapsed := runLoad(runCtx, endRun, &cfg, target, rec)
+		finish()
 		rep = rec.report(&cfg, elapsed)
 	}
 	rep.NoFileLimit = opts.NoFileLimit
 	return rep, nil
 }
 
-// runLoad runs the short-connection and stream workloads until the
-// duration elapses, the count is reached, or ctx is done. It returns the
-// elapsed time.
-func runLoad(ctx context.Context, cfg *Config, target Target, rec *Recorder) time.Duration {
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if cfg.Duration > 0 {
-		var cancelTimeout context.CancelFunc
-		runCtx, cancelTimeout = context.WithTimeout(runCtx, cfg.Duration)
-		defer cancelTimeout()
-	}
+// runLoad runs the short-connection and stream workloads until runCtx is
+// done (the duration elapsed or the run was cancelled) or the count is
+// reached, which calls endRun. It returns the elapsed time.
+func runLoad(runCtx context.Context, endRun context.CancelFunc, cfg *Config, target Target, rec *Recorder) time.Duration {
 	ids := newIDSource()
 	var wg sync.WaitGroup
 	if cfg.Streams > 0 {
@@ -93,7 +105,7 @@ func runLoad(ctx context.Context, cfg *Config, target Target, rec *Recorder) tim
 		s := &shortLoad{cfg: cfg, target: target, rec: rec, ids: ids}
 		wg.Go(func() {
 			s.run(runCtx)
-			cancel() // -count reached: the whole run is over
+			endRun() // -count reached: the whole run is over
 		})
 	}
 	wg.Wait()

@@ -65,8 +65,19 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		if r.Mode == "signal" {
 			how = fmt.Sprintf("signal %s to pid in %s", rep.Config.ReloadSignal, rep.Config.ReloadPidFile)
 		}
-		fmt.Fprintf(w, "\nreloads: %d (ok %d, failed %d) by %s every %gms, window %gms\n",
-			r.Count, r.OK, r.Failed, how, rep.Config.ReloadEveryMS, rep.Config.ReloadWindowMS)
+		fmt.Fprintf(w, "\nreloads: %d (ok %d, failed %d, pending %d) by %s every %gms, timeout %gms, window %gms\n",
+			r.Count, r.OK, r.Failed, r.Pending, how, rep.Config.ReloadEveryMS, rep.Config.ReloadTimeoutMS, rep.Config.ReloadWindowMS)
+		if r.Skipped > 0 {
+			fmt.Fprintf(w, "  skipped: %d ticks came while a reload was still in progress (reloads never overlap), so fewer reloads were requested than -reload-every suggests\n", r.Skipped)
+		}
+		if r.Pending > 0 {
+			fmt.Fprintf(w, "  pending: %d still waiting for the new generation when the run ended — e.g. queued behind a generation that drains long-lived connections; not counted as failed\n", r.Pending)
+			for _, ev := range r.Events {
+				if ev.Pending {
+					fmt.Fprintf(w, "    +%.3fs  %s sent to pid %d, no new pid after %.1fms\n", ev.StartMS/1000, rep.Config.ReloadSignal, ev.OldPID, ev.DurationMS)
+				}
+			}
+		}
 	}
 	if len(rep.FirstFailures) > 0 {
 		fmt.Fprintf(w, "\nfirst failures:\n")
