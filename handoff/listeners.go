@@ -291,3 +291,40 @@ func removeStaleSocket(path string) error {
 	}
 	return os.Remove(path)
 }
+
+// Listener is a listening socket of a generation.
+type Listener struct {
+	net.Listener
+	// Name is the socket's name: its FileDescriptorName= for a
+	// socket-activated one, its configured address otherwise.
+	Name string
+	// Origin tells who created the socket.
+	Origin Origin
+	// Inherited is true when the socket came from the previous generation.
+	Inherited bool
+	// StoreName is the socket's name in systemd's fd store when
+	// Options.FDStore is enabled ("" otherwise).
+	StoreName string
+	// Stored is true when the socket is in systemd's fd store.
+	Stored bool
+	// Restored is true when systemd's fd store gave the socket back to
+	// this process (after a restart or a crash).
+	Restored bool
+}
+
+// Origin tells who created a listening socket.
+type Origin int
+
+const (
+	// Bound sockets were bound by (a generation of) this daemon.
+	Bound Origin = iota
+	// Activated sockets were passed by systemd socket activation.
+	Activated
+)
+
+func (o Origin) String() string {
+	if o == Activated {
+		return "systemd"
+	}
+	return "bound"
+}
