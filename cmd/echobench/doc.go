@@ -28,7 +28,8 @@
 //     near reloads vs steady, with a plot (reload-storm.png); (b) 100
 //     long-lived streams and short connections with a SIGHUP every second
 //     and the default drain timeout: upgrades queue behind the draining
-//     first generation; reloads completed and connection failures.
+//     first generation; reloads ok, pending (queued at the end of the run)
+//     and failed, and connection failures.
 //  3. Reload storm under systemd: not wired yet, reported as skipped.
 //  4. Memory and descriptors: VmRSS and /proc/PID/fd of echod before and
 //     while holding 10,000 idle connections (echoload -hold), per

@@ -5,6 +5,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/echod/echod/cmd/echoload/load"
 )
 
 func TestParseLogLine(t *testing.T) {
@@ -128,8 +130,8 @@ func TestFormatting(t *testing.T) {
 		{fmtBytes(3900), "3.8 KiB"},
 		{fmtBytes(512), "512 B"},
 		{shellQuote([]string{"go", "test", "-run=^$", "a b", "", "it's"}), `go test '-run=^$' 'a b' '' 'it'\''s'`},
-		{failureCounts{}.String(), "0"},
-		{failureCounts{Reset: 2, EOF: 1, Total: 3}.String(), "2 reset, 1 eof"},
+		{failuresString(load.FailureCounts{}), "0"},
+		{failuresString(load.FailureCounts{Reset: 2, EOF: 1, Total: 3}), "2 reset, 1 eof"},
 	} {
 		if c.got != c.want {
 			t.Errorf("got %q, want %q", c.got, c.want)

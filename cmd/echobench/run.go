@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/echod/echod/cmd/echoload/load"
 )
 
 // servePlain is the baseline server: net.Listen and io.Copy(c, c) per
@@ -111,87 +113,9 @@ func (p *plainProc) Stop() {
 	}
 }
 
-// loadReport holds the fields of echoload's -json report that the
-// benchmark uses (see cmd/echoload/internal/load/report.go).
-type loadReport struct {
-	Mode           string  `json:"mode"`
-	Pass           bool    `json:"pass"`
-	ElapsedSeconds float64 `json:"elapsed_seconds"`
-	Short          struct {
-		Attempted int64 `json:"attempted"`
-		OK        int64 `json:"ok"`
-		Failed    int64 `json:"failed"`
-	} `json:"short"`
-	Streams struct {
-		Streams     int   `json:"streams"`
-		Connections int64 `json:"connections"`
-		Messages    int64 `json:"messages"`
-		Failed      int64 `json:"failed"`
-	} `json:"streams"`
-	Hold *struct {
-		Requested    int     `json:"requested"`
-		Opened       int     `json:"opened"`
-		StillEchoing int     `json:"still_echoing"`
-		FirstError   string  `json:"first_error"`
-		OpenSeconds  float64 `json:"open_seconds"`
-		HeldSeconds  float64 `json:"held_seconds"`
-	} `json:"hold"`
-	Messages   int64 `json:"messages"`
-	Bytes      int64 `json:"bytes"`
-	Throughput struct {
-		MessagesPerSec float64 `json:"messages_per_sec"`
-		MBPerSec       float64 `json:"mb_per_sec"`
-	} `json:"throughput"`
-	Connect  latencyGroup `json:"connect_latency"`
-	RTT      latencyGroup `json:"rtt_latency"`
-	Failures struct {
-		All        failureCounts `json:"all"`
-		Steady     failureCounts `json:"steady"`
-		NearReload failureCounts `json:"near_reload"`
-	} `json:"failures"`
-	FirstFailures []struct {
-		Class    string `json:"class"`
-		Workload string `json:"workload"`
-		Error    string `json:"error"`
-	} `json:"first_failures"`
-	Reloads struct {
-		Count    int     `json:"count"`
-		OK       int     `json:"ok"`
-		Failed   int     `json:"failed"`
-		Duration latency `json:"duration"`
-		Failures []struct {
-			Error string `json:"error"`
-		} `json:"first_failures"`
-	} `json:"reloads"`
-}
-
-type latency struct {
-	Count int64   `json:"count"`
-	P50   float64 `json:"p50_ms"`
-	P99   float64 `json:"p99_ms"`
-	P999  float64 `json:"p999_ms"`
-	Max   float64 `json:"max_ms"`
-}
-
-type latencyGroup struct {
-	All        latency `json:"all"`
-	Steady     latency `json:"steady"`
-	NearReload latency `json:"near_reload"`
-}
-
-type failureCounts struct {
-	ConnectRefused int64 `json:"connect_refused"`
-	ConnectTimeout int64 `json:"connect_timeout"`
-	Reset          int64 `json:"reset"`
-	EOF            int64 `json:"eof"`
-	Timeout        int64 `json:"timeout"`
-	Corrupt        int64 `json:"corrupt"`
-	Other          int64 `json:"other"`
-	Total          int64 `json:"total"`
-}
-
-// String lists the non-zero classes: "2 reset, 1 eof", or "0".
-func (f failureCounts) String() string {
+// failuresString lists the non-zero classes of f: "2 reset, 1 eof", or
+// "0".
+func failuresString(f load.FailureCounts) string {
 	var parts []string
 	for _, c := range []struct {
 		n    int64
@@ -246,9 +170,9 @@ func (b *bench) startLoad(ctx context.Context, sec *section, name string, timeou
 	return l, nil
 }
 
-// Wait waits for echoload and returns its report. Exit status 1 (some
-// operation failed) still yields the report; the failures are in it.
-func (l *loadRun) Wait() (*loadReport, error) {
+// Wait waits for echoload and returns its -json report. Exit status 1
+// (some operation failed) still yields the report; the failures are in it.
+func (l *loadRun) Wait() (*load.Report, error) {
 	<-l.done
 	var ee *exec.ExitError
 	if l.err != nil && !(errors.As(l.err, &ee) && ee.ExitCode() == 1) {
@@ -258,7 +182,7 @@ func (l *loadRun) Wait() (*loadReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("echoload wrote no report (%v): %w\n%s", l.err, err, tail(l.out.String(), 20))
 	}
-	var r loadReport
+	var r load.Report
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("echoload report %s: %w", l.jsonPath, err)
 	}
@@ -266,7 +190,7 @@ func (l *loadRun) Wait() (*loadReport, error) {
 }
 
 // runLoad is startLoad then Wait.
-func (b *bench) runLoad(ctx context.Context, sec *section, name string, timeout time.Duration, args ...string) (*loadReport, error) {
+func (b *bench) runLoad(ctx context.Context, sec *section, name string, timeout time.Duration, args ...string) (*load.Report, error) {
 	l, err := b.startLoad(ctx, sec, name, timeout, args...)
 	if err != nil {
 		return nil, err

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	// Named echoload: package main already has a func load (helpers_test.go).
+	echoload "github.com/echod/echod/cmd/echoload/load"
 	"github.com/echod/echod/systemd/systemdtest"
 )
 
@@ -19,42 +21,6 @@ import (
 // in the log); they assert nothing about speed. Run them with
 //
 //	go test -run '^$' -bench Systemd -benchtime 1x -v ./cmd/echod
-
-// echoloadReport is the part of echoload's -json report read here.
-type echoloadReport struct {
-	Pass     bool `json:"pass"`
-	Failures struct {
-		ConnectRefused int64 `json:"connect_refused"`
-		Total          int64 `json:"total"`
-	} `json:"failures"`
-	Short struct {
-		OK     int64 `json:"ok"`
-		Failed int64 `json:"failed"`
-	} `json:"short"`
-	Connect struct {
-		NearReload struct {
-			P99MS float64 `json:"p99_ms"`
-			MaxMS float64 `json:"max_ms"`
-		} `json:"near_reload"`
-	} `json:"connect_latency"`
-	RTT struct {
-		Steady struct {
-			P99MS float64 `json:"p99_ms"`
-		} `json:"steady"`
-		NearReload struct {
-			P99MS float64 `json:"p99_ms"`
-		} `json:"near_reload"`
-	} `json:"rtt_latency"`
-	Reloads struct {
-		Count    int64 `json:"count"`
-		Failed   int64 `json:"failed"`
-		Duration struct {
-			P50MS float64 `json:"p50_ms"`
-			P99MS float64 `json:"p99_ms"`
-			MaxMS float64 `json:"max_ms"`
-		} `json:"duration"`
-	} `json:"reloads"`
-}
 
 // runEcholoadAgainst builds echoload, runs it against addr with a reload
 // command, logs its table and reports the figures.
@@ -79,15 +45,15 @@ func runEcholoadAgainst(b *testing.B, m *systemdtest.Manager, addr, reloadCmd, e
 	if rerr != nil {
 		b.Fatalf("echoload: %v (%v)", rerr, err)
 	}
-	var r echoloadReport
+	var r echoload.Report
 	if err := json.Unmarshal(raw, &r); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(r.Reloads.Count), "reloads")
 	b.ReportMetric(float64(r.Reloads.Failed), "reloads-failed")
 	b.ReportMetric(float64(r.Short.OK), "conns-ok")
-	b.ReportMetric(float64(r.Failures.Total), "failures")
-	b.ReportMetric(float64(r.Failures.ConnectRefused), "refused")
+	b.ReportMetric(float64(r.Failures.All.Total), "failures")
+	b.ReportMetric(float64(r.Failures.All.ConnectRefused), "refused")
 	b.ReportMetric(r.Reloads.Duration.P50MS, "reload-p50-ms")
 	b.ReportMetric(r.Reloads.Duration.P99MS, "reload-p99-ms")
 	b.ReportMetric(r.Connect.NearReload.P99MS, "connect-near-p99-ms")

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/echod/echod/cmd/echoload/internal/load"
+	"github.com/echod/echod/cmd/echoload/load"
 )
 
 // options is the parsed command line.

@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/term"
 
-	"github.com/echod/echod/cmd/echoload/internal/load"
+	"github.com/echod/echod/cmd/echoload/load"
 )
 
 const (
