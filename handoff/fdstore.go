@@ -45,7 +45,8 @@ func closeStored(m map[string]net.Listener) {
 // markerFile records, in the state directory (RuntimeDirectory=, kept
 // across restarts with RuntimeDirectoryPreserve=restart), which names this
 // daemon stored, so a restarted first generation that gets none of them
-// back can tell the operator why.
+// back can tell the operator why. It is not kept in the shared temporary
+// directory (no StateDir, no RUNTIME_DIRECTORY).
 func (g *Generation) markerFile() string {
 	return filepath.Join(g.opts.StateDir, "fdstore.names")
 }
@@ -58,7 +59,7 @@ func (g *Generation) storeNew(ls []*Listener) error {
 		return nil
 	}
 	n := g.opts.FDStore
-	if g.parentState == nil {
+	if g.parentState == nil && !g.tempState {
 		g.checkRestored(ls)
 	}
 	var names []string
@@ -92,12 +93,30 @@ func (g *Generation) storeNew(ls []*Listener) error {
 	g.mu.Lock()
 	g.stored = names
 	g.mu.Unlock()
-	if len(names) > 0 {
-		if err := os.WriteFile(g.markerFile(), []byte(strings.Join(names, "\n")+"\n"), 0o600); err != nil {
+	if len(names) > 0 && !g.tempState {
+		if err := writeAtomic(g.markerFile(), strings.Join(names, "\n")+"\n"); err != nil {
 			g.log.Warn("cannot record stored listeners", "file", g.markerFile(), "err", err)
 		}
 	}
 	return nil
+}
+
+// writeAtomic replaces path with text through a new file and a rename, so
+// it never writes through a planted symlink.
+func writeAtomic(path, text string) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.WriteString(text); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
 
 // checkRestored warns when a previous process of this service stored

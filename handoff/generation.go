@@ -25,8 +25,14 @@ const stateEnv = "ECHOD_HANDOFF"
 
 // Sentinel errors.
 var (
-	ErrStopped  = errors.New("handoff: stopped")
+	// ErrStopped: Stop was called.
+	ErrStopped = errors.New("handoff: stopped")
+	// ErrUpgraded: this generation has been replaced; the request belongs
+	// to the new one, whose pid comes with the error (see Upgrade).
 	ErrUpgraded = errors.New("handoff: already upgraded; the new generation serves")
+	// ErrNotReady: Ready has not been called yet; ask again (the previous
+	// generation may still be the one serving).
+	ErrNotReady = errors.New("handoff: not ready yet")
 )
 
 // Options configure a [Generation].
@@ -55,12 +61,6 @@ type Options struct {
 	// process with FDStore enabled put there, when they are no longer
 	// wanted (also when FDStore is now off). Nil: nothing is removed.
 	Notifier *systemd.Notifier
-	// Forward, if set, passes on requests that arrived while an upgrade
-	// that then succeeded was in flight: the new generation was exec'd
-	// before they were made, so it may not have seen what they were
-	// for (a new binary or configuration). echod sends the new pid a
-	// SIGHUP. When nil, such requests are coalesced into the upgrade.
-	Forward func(pid int) error
 }
 
 // Hooks let the program act at each step of an upgrade, for example to
@@ -101,11 +101,14 @@ type Generation struct {
 
 	parentState *state // nil in the first generation
 
-	mu       sync.Mutex
-	systemd  []string // names of the systemd sockets registered, in order
-	stored   []string // fd store names of this generation's listeners
-	toRemove []string // fd store names to remove once listeners are taken
-	ready    bool
+	mu      sync.Mutex
+	systemd []string // names of the systemd sockets registered, in order
+	stored  []string // fd store names of this generation's listeners
+	result  Result   // the successful upgrade; set before exitC is closed
+
+	tempState bool     // opts.StateDir is the shared temporary directory
+	toRemove  []string // fd store names to remove once listeners are taken
+	ready     bool
 
 	reqs     chan chan upgradeReply
 	stopOnce sync.Once
@@ -127,6 +130,7 @@ func New(opts Options) (*Generation, error) {
 	if opts.UpgradeTimeout <= 0 {
 		opts.UpgradeTimeout = 10 * time.Second
 	}
+	tempState := false // StateDir is the shared temporary directory
 	if opts.StateDir == "" {
 		opts.StateDir = os.Getenv("RUNTIME_DIRECTORY")
 		if i := strings.IndexByte(opts.StateDir, ':'); i >= 0 {
@@ -134,6 +138,7 @@ func New(opts Options) (*Generation, error) {
 		}
 		if opts.StateDir == "" {
 			opts.StateDir = os.TempDir()
+			tempState = true
 		}
 	}
 	log := opts.Logger
@@ -166,6 +171,7 @@ func New(opts Options) (*Generation, error) {
 		exitC:       make(chan struct{}),
 		runDone:     make(chan struct{}),
 		waitDone:    make(chan struct{}),
+		tempState:   tempState,
 	}
 	if ps != nil {
 		g.gen = ps.Generation + 1
@@ -284,11 +290,34 @@ func (g *Generation) WaitForParent(ctx context.Context) error {
 // returned: this generation should stop accepting, drain and exit.
 func (g *Generation) Exit() <-chan struct{} { return g.exitC }
 
-// Stop ends the generation for good: no more upgrades; pending requests
+// Successor is the generation that replaced this one: valid once Exit is
+// closed, the zero Result before.
+func (g *Generation) Successor() Result {
+	select {
+	case <-g.exitC:
+		return g.result
+	default:
+		return Result{}
+	}
+}
+
+// Stop ends the generation for good: no more upgrades; an upgrade in
+// flight is cancelled (the new process is killed) and pending requests
 // fail with ErrStopped. If no upgrade succeeded, the Unix socket files of
-// listeners this daemon bound itself are removed (socket-activated ones
-// are left to systemd). Stop waits for its goroutines to end.
+// the listeners bound by this daemon (not the socket-activated ones, not
+// the ones in the fd store) are removed. A generation started by an
+// upgrade that stops before it was ready — it failed — leaves every socket
+// alone: the previous generation still serves them. Stop waits for its
+// goroutines to end.
 func (g *Generation) Stop() {
+	g.mu.Lock()
+	failedChild := g.HasParent() && !g.ready
+	g.mu.Unlock()
+	if failedChild {
+		// tableflip's Stop would unlink the inherited Unix socket paths.
+		g.stopOnce.Do(func() { close(g.stopC) })
+		return
+	}
 	g.stopOnce.Do(func() {
 		close(g.stopC)
 		g.upg.Stop()

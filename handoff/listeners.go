@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"syscall"
 
@@ -13,6 +14,10 @@ import (
 
 	"github.com/echod/echod/systemd"
 )
+
+// storeKey names a listener kept in the fd store among the files passed to
+// the next generation.
+func storeKey(spec Spec) string { return "store:" + StoreName(spec) }
 
 // systemdKey names the i-th systemd-activated socket among the files
 // passed to the next generation.
@@ -24,8 +29,13 @@ func systemdKey(i int) string { return "systemd:" + strconv.Itoa(i) }
 //  1. the previous generation: every systemd-activated socket it had, and
 //     each bound socket whose address is still in specs;
 //  2. systemd socket activation (first generation only): every socket
-//     passed; a spec whose address is one of them is not bound again;
-//  3. binding each spec not covered yet.
+//     passed by a socket unit; a spec whose address is one of them is not
+//     bound again;
+//  3. systemd's fd store (first generation only): the sockets a previous
+//     process of the service stored (names from [StoreName]); those no spec
+//     wants any more are closed and removed from the store;
+//  4. binding each spec not covered yet (and, with Options.FDStore,
+//     storing it).
 //
 // When specs is empty and no socket came from systemd, fallback is used
 // instead. Every socket is registered to be passed to the next generation.
@@ -183,6 +193,19 @@ func (g *Generation) Listen(spec Spec) (*Listener, error) {
 	if ln != nil {
 		return &Listener{Listener: ln, Name: spec.String(), Origin: Bound, Inherited: true}, nil
 	}
+	// The previous generation kept it in the fd store (the store was
+	// turned off by this reload): take it, and take it out of the store.
+	if f, err := g.upg.File(storeKey(spec)); err != nil {
+		return nil, fmt.Errorf("handoff: inherited %s: %w", spec, err)
+	} else if f != nil {
+		defer f.Close()
+		ln, err := net.FileListener(f)
+		if err != nil {
+			return nil, fmt.Errorf("handoff: inherited %s: %w", spec, err)
+		}
+		g.toRemove = append(g.toRemove, StoreName(spec))
+		return &Listener{Listener: ln, Name: spec.String(), Origin: Bound, Inherited: true}, nil
+	}
 	if spec.Network == "unix" {
 		if err := removeStaleSocket(spec.Address); err != nil {
 			return nil, fmt.Errorf("handoff: listen %s: %w", spec, err)
@@ -234,6 +257,16 @@ func (g *Generation) listen(spec Spec, fromStore map[string]net.Listener) (*List
 			return nil, fmt.Errorf("handoff: inherited %s: %w", spec, err)
 		}
 		l.Listener, l.Inherited, l.Stored = ln, true, true
+		return l, nil
+	}
+	// The previous generation ran without the fd store (it was turned on
+	// by this reload): take its socket; storeNew stores it.
+	if ln, err := g.upg.Listener(spec.Network, spec.Address); err != nil {
+		return nil, fmt.Errorf("handoff: inherited %s: %w", spec, err)
+	} else if ln != nil {
+		// Stored already if the previous generation said so.
+		l.Listener, l.Inherited = ln, true
+		l.Stored = g.parentState != nil && slices.Contains(g.parentState.Stored, name)
 		return l, nil
 	}
 	if ln, ok := fromStore[name]; ok {

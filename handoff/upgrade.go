@@ -3,7 +3,6 @@ package handoff
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -15,20 +14,26 @@ import (
 // until ctx ends (the upgrade itself goes on). Requests are queued: one
 // made while another upgrade runs, or while the previous generation is
 // still draining, is carried out after it. Several requests waiting at
-// once are coalesced into one upgrade. Upgrade returns [ErrUpgraded] once
-// this generation has been replaced and [ErrStopped] after Stop.
+// once are coalesced into one upgrade.
+//
+// A request made after the new generation of a successful upgrade was
+// exec'd — while it was starting, or later — was not served by it (it may
+// not have seen the binary or configuration the request was for): it gets
+// [ErrUpgraded] with the new generation's Result, so the caller can pass
+// the request on to that pid. Upgrade returns [ErrNotReady] before Ready
+// and [ErrStopped] after Stop.
 func (g *Generation) Upgrade(ctx context.Context) (Result, error) {
 	g.mu.Lock()
 	ready := g.ready
 	g.mu.Unlock()
 	if !ready {
-		return Result{}, errors.New("handoff: not ready yet")
+		return Result{}, ErrNotReady
 	}
 	reply := make(chan upgradeReply, 1)
 	select {
 	case g.reqs <- reply:
 	case <-g.exitC:
-		return Result{}, ErrUpgraded
+		return g.result, ErrUpgraded
 	case <-g.runDone:
 		return Result{}, ErrStopped
 	case <-ctx.Done():
@@ -74,17 +79,10 @@ func (g *Generation) run() {
 		}
 		replyAll(batch, res)
 		if res.err == nil {
-			if len(next) > 0 {
-				// Asked for after the new generation was exec'd: pass the
-				// request on, so it is not lost.
-				if g.opts.Forward != nil {
-					g.log.Info("forwarding upgrade requests to the new generation", "pid", res.res.PID, "requests", len(next))
-					if err := g.opts.Forward(res.res.PID); err != nil {
-						g.log.Warn("cannot forward upgrade requests", "pid", res.res.PID, "err", err)
-					}
-				}
-				replyAll(next, res)
-			}
+			// Asked for after the new generation was exec'd: not served by
+			// it; the callers pass the request on.
+			g.result = res.res
+			replyAll(next, upgradeReply{res: res.res, err: ErrUpgraded})
 			close(g.exitC)
 			g.drainRequests()
 			return
@@ -98,7 +96,7 @@ func (g *Generation) drainRequests() {
 	for {
 		select {
 		case r := <-g.reqs:
-			r <- upgradeReply{err: ErrUpgraded}
+			r <- upgradeReply{res: g.result, err: ErrUpgraded}
 		case <-g.stopC:
 			return
 		}

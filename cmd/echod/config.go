@@ -89,7 +89,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&fl.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&fl.FDStore, "fdstore", false, "keep the listeners echod binds in systemd's fd store (FileDescriptorStoreMax=), so restarts and crashes refuse no connection")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: echod [flags]\n       echod reload|status [-control PATH] [-timeout D]\n       echod version\n\nflags:\n")
+		fmt.Fprintf(stderr, "usage: echod [flags]\n       echod reload|status|stop [-control PATH] [-timeout D]\n       echod version\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

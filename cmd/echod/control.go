@@ -12,7 +12,8 @@ import (
 	"time"
 )
 
-// The control protocol: the client sends one line, "reload" or "status";
+// The control protocol: the client sends one line, "reload", "status" or
+// "stop";
 // the server answers one line: "ok <text>", "error <reason>", or "retry
 // <reason>" when the generation that accepted the request has just been
 // replaced and the request should go to the new one.
@@ -26,10 +27,11 @@ type controlServer struct {
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
 	closing bool
+	done    chan struct{} // closed by stopAccepting
 }
 
 func newControlServer(ln net.Listener, log *slog.Logger, handle func(ctx context.Context, cmd string) string) *controlServer {
-	return &controlServer{ln: ln, log: log, handle: handle, conns: map[net.Conn]struct{}{}}
+	return &controlServer{ln: ln, log: log, handle: handle, conns: map[net.Conn]struct{}{}, done: make(chan struct{})}
 }
 
 // start runs the accept loop until close.
@@ -37,15 +39,24 @@ func (s *controlServer) start() {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		var backoff time.Duration
 		for {
 			c, err := s.ln.Accept()
 			if err != nil {
 				if errors.Is(err, net.ErrClosed) {
 					return
 				}
-				s.log.Warn("control: accept failed", "err", err)
+				// Out of fds, for example: back off, up to 1s.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("control: accept failed; retrying", "err", err, "backoff", backoff)
+				select {
+				case <-time.After(backoff):
+				case <-s.done:
+					return
+				}
 				continue
 			}
+			backoff = 0
 			s.mu.Lock()
 			if s.closing {
 				s.mu.Unlock()
@@ -94,7 +105,10 @@ func (s *controlServer) serve(c net.Conn) {
 // stopAccepting closes the listening socket (this process's copy of it).
 func (s *controlServer) stopAccepting() {
 	s.mu.Lock()
-	s.closing = true
+	if !s.closing {
+		s.closing = true
+		close(s.done)
+	}
 	s.mu.Unlock()
 	s.ln.Close()
 }

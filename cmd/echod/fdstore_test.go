@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -211,5 +212,34 @@ func TestFDStoreWarnsWhenNothingCameBack(t *testing.T) {
 	u.waitActive(t, pid)
 	if !strings.Contains(u.log(t), "did not come back from the systemd fd store") {
 		t.Fatalf("no warning about the lost fd store:\n%s", u.log(t))
+	}
+}
+
+// TestFDStoreToggledByReload: turning the fd store on and off in the
+// config takes effect on reload, with the same socket throughout.
+func TestFDStoreToggledByReload(t *testing.T) {
+	m := systemdtest.Start(t)
+	tcp := freePort(t)
+	u := installFDStoreUnit(t, m, tcp)
+	m.DropIn(t, u.service(), "noflag", "[Service]\nExecStart=\nExecStart="+u.bin+" -config "+u.config+"\n")
+	u.mustSystemctl(t, "start", u.service())
+	u.waitActive(t, "")
+	if n := u.storeCount(t); n != "0" {
+		t.Fatalf("NFileDescriptorStore=%s without fdstore", n)
+	}
+	inode := listenInode(t, tcp)
+	for i, want := range []string{"1", "0", "1"} {
+		on := want == "1"
+		if err := os.WriteFile(u.config, []byte(fmt.Sprintf("listen = [%q]\nfdstore = %v\n", tcp, on)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		u.mustSystemctl(t, "reload", u.service())
+		if n := u.storeCount(t); n != want {
+			t.Fatalf("reload %d (fdstore=%v): NFileDescriptorStore=%s, want %s\n%s", i+1, on, n, want, u.log(t))
+		}
+		if got := listenInode(t, tcp); got != inode {
+			t.Fatalf("reload %d: listening socket changed", i+1)
+		}
+		mustEcho(t, "tcp", tcp, 10).Close()
 	}
 }

@@ -46,7 +46,6 @@ func serve(cfg config, stderr io.Writer) error {
 			Succeeded: e.upgradeSucceeded,
 			Failed:    e.upgradeFailed,
 		},
-		Forward: func(pid int) error { return syscall.Kill(pid, syscall.SIGHUP) },
 	})
 	if err != nil {
 		return err
@@ -129,16 +128,18 @@ func (e *echod) start() error {
 			}
 		}()
 	}
-	if e.ctl != nil {
-		e.ctl.start()
-	}
 	if err := e.gen.Ready(); err != nil {
 		e.srv.Close()
 		e.serving.Wait()
 		if e.ctl != nil {
-			e.ctl.close(0)
+			e.ctl.ln.Close()
 		}
 		return err
+	}
+	// Control requests only once ready: before, the previous generation
+	// (which shares the control socket) is the one to answer them.
+	if e.ctl != nil {
+		e.ctl.start()
 	}
 	e.log.Info("ready", "listeners", len(ls))
 	e.notify(systemd.Ready, systemd.Status(e.status()))
@@ -179,7 +180,7 @@ wait:
 				upgrades.Add(1)
 				go func() {
 					defer upgrades.Done()
-					e.reload(context.Background())
+					e.reloadSignal()
 				}()
 				continue
 			}
@@ -205,11 +206,23 @@ wait:
 	if e.ctl != nil {
 		e.ctl.stopAccepting()
 	}
+	if !replaced {
+		// Before draining: cancel an upgrade in flight (its new process is
+		// killed) and answer queued requests, so a stop is a stop.
+		e.gen.Stop()
+		if succ := e.gen.Successor(); succ.PID > 0 {
+			// The upgrade completed just as the stop came: stop the new
+			// generation too.
+			e.log.Info("stopping the new generation too", "pid", succ.PID)
+			if err := syscall.Kill(succ.PID, syscall.SIGTERM); err != nil {
+				e.log.Warn("cannot stop the new generation", "pid", succ.PID, "err", err)
+			}
+		}
+	}
 	e.drain()
 	if !replaced {
 		e.waitParent()
 	}
-	// Stop first: a reload request still queued is then answered at once.
 	e.gen.Stop()
 	if e.ctl != nil {
 		e.ctl.close(5 * time.Second)
@@ -257,16 +270,33 @@ func (e *echod) waitParent() {
 	}
 }
 
-// reload runs one upgrade request and returns the control answer.
+// reload runs one upgrade request and returns the control answer. A
+// request this generation can no longer serve (replaced, or not ready yet)
+// is answered "retry": the client asks again and reaches the serving one.
 func (e *echod) reload(ctx context.Context) string {
 	res, err := e.gen.Upgrade(ctx)
 	switch {
 	case errors.Is(err, handoff.ErrUpgraded):
-		return "retry this generation has been replaced"
+		return fmt.Sprintf("retry generation %d (pid %d) serves now", res.Generation, res.PID)
+	case errors.Is(err, handoff.ErrNotReady):
+		return "retry this generation is not ready yet"
 	case err != nil:
 		return "error " + err.Error()
 	}
 	return fmt.Sprintf("ok pid=%d generation=%d", res.PID, res.Generation)
+}
+
+// reloadSignal runs a SIGHUP's upgrade. One that reached this generation
+// after it was replaced (or while its successor was starting) is passed on
+// to the new generation, so no reload is lost.
+func (e *echod) reloadSignal() {
+	res, err := e.gen.Upgrade(context.Background())
+	if errors.Is(err, handoff.ErrUpgraded) && res.PID > 0 {
+		e.log.Info("SIGHUP came after this generation was replaced: passing it on", "pid", res.PID)
+		if err := syscall.Kill(res.PID, syscall.SIGHUP); err != nil {
+			e.log.Warn("cannot pass the SIGHUP on", "pid", res.PID, "err", err)
+		}
+	}
 }
 
 // control answers a control-socket request.

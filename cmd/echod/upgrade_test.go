@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -280,4 +281,32 @@ func TestDrainTimeoutClosesTheRest(t *testing.T) {
 			t.Fatalf("connection %d still echoes after the drain deadline", i)
 		}
 	}
+}
+
+// TestLateFailedUpgradeKeepsUnixSocket: a new generation that fails after
+// it claimed the inherited listeners (here: a new address that is taken)
+// must not remove the Unix socket file the old generation still serves.
+func TestLateFailedUpgradeKeepsUnixSocket(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "echo.sock")
+	cfg := filepath.Join(dir, "echod.toml")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	if err := os.WriteFile(cfg, []byte(`listen = ["unix:`+sock+`"]`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in := startEchod(t, echodBin(t), "-config", cfg)
+	if err := os.WriteFile(cfg, []byte(`listen = ["unix:`+sock+`", "`+busy.Addr().String()+`"]`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.reload(); err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("reload: %v, want the new generation's 'address already in use'", err)
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("the failed generation removed the serving Unix socket: %v", err)
+	}
+	mustEcho(t, "unix", sock, 100)
 }
