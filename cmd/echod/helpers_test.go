@@ -313,6 +313,24 @@ func holdsSocket(t testing.TB, pid int, inode string) bool {
 	return false
 }
 
+// fdTargets lists what process pid's descriptors point at.
+func fdTargets(t testing.TB, pid int) []string {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("read %s: %v", dir, err)
+	}
+	var out []string
+	for _, e := range ents {
+		l, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		out = append(out, e.Name()+"->"+l)
+	}
+	return out
+}
+
+func fdCount(t testing.TB, pid int) int { return len(fdTargets(t, pid)) }
+
 // echoConn is a client connection that checks every echo byte for byte.
 type echoConn struct {
 	net.Conn

@@ -99,6 +99,7 @@ func TestReloadStormUnderLoad(t *testing.T) {
 	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0", "-listen", "unix:"+sock)
 	tcp := in.addrs[0]
 	inode := listenInode(t, tcp)
+	fds1 := fdCount(t, in.cmd.Process.Pid)
 
 	lt := startLoad("tcp", tcp, 4)
 	lu := startLoad("unix", sock, 2)
@@ -131,6 +132,16 @@ func TestReloadStormUnderLoad(t *testing.T) {
 	}
 	if _, err := os.Stat(sock); err != nil {
 		t.Fatalf("unix socket file gone after reloads: %v", err)
+	}
+	// Nothing inherited leaks: once its predecessor is gone, an idle
+	// generation holds exactly the descriptors the first one held.
+	if _, err := in.reload(); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, prev, 10*time.Second)
+	last := in.readyPID(22)
+	if n := fdCount(t, last); n != fds1 {
+		t.Fatalf("generation 22 holds %d fds, generation 1 held %d: %v", n, fds1, fdTargets(t, last))
 	}
 	// Final stop: the socket file echod bound is removed.
 	in.stopAll()
