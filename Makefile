@@ -29,7 +29,8 @@ test: ## vet, staticcheck, then every test with -race (real systemd tests includ
 check: test ## alias of test
 
 FUZZ_TARGETS := ./handoff:FuzzParseSpec ./handoff:FuzzStoreName ./systemd:FuzzParseListenEnv \
-	./systemd:FuzzStatus ./systemd:FuzzCheckState ./systemd:FuzzParseWatchdog ./cmd/echod:FuzzDecodeConfig
+	./systemd:FuzzStatus ./systemd:FuzzCheckState ./systemd:FuzzParseWatchdog ./cmd/echod:FuzzDecodeConfig \
+	./cmd/echoload/load:FuzzVerifyEcho
 FUZZTIME ?= 30s
 
 fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
