@@ -243,3 +243,20 @@ func TestFDStoreToggledByReload(t *testing.T) {
 		mustEcho(t, "tcp", tcp, 10).Close()
 	}
 }
+
+// TestFDStoreNeverStoresActivatedSockets: with -fdstore under socket
+// activation, the socket units' fds are systemd's already: nothing is
+// stored, before or after a reload.
+func TestFDStoreNeverStoresActivatedSockets(t *testing.T) {
+	m := systemdtest.Start(t)
+	u := installShippedUnits(t, m, " -fdstore")
+	u.startByActivation(t)
+	u.mustSystemctl(t, "reload", u.service())
+	if n := u.storeCount(t); n != "0" {
+		t.Fatalf("NFileDescriptorStore=%s with only socket-activated listeners, want 0\n%s", n, u.log(t))
+	}
+	if log := u.log(t); !strings.Contains(log, "origin=systemd") || strings.Contains(log, "stored in the systemd fd store") {
+		t.Fatalf("want socket-activated listeners, none stored:\n%s", log)
+	}
+	mustEcho(t, "tcp", u.tcp, 10).Close()
+}
