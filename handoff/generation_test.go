@@ -688,6 +688,13 @@ func portOf(t *testing.T, addr string) int {
 	return n
 }
 
+// upgradeResult waits for the outcome of the upgrade run by pid.
+func (d *daemon) upgradeResult(pid int) event {
+	return d.nextEvent(fmt.Sprintf("upgrade result of pid %d", pid), func(e event) bool {
+		return e.pid == pid && (e.kind == "upgraded" || e.kind == "upgrade-failed")
+	})
+}
+
 func checkUpgraded(t *testing.T, e event, newPID, newGen int) {
 	t.Helper()
 	if got := e.int("newpid"); got != newPID {
@@ -716,9 +723,7 @@ func TestUpgradeHandsOverTheSocket(t *testing.T) {
 
 	d.signal(r1.pid, unix.SIGHUP)
 	r2 := d.ready(2)
-	up := d.nextEvent("Upgrade result of generation 1", func(e event) bool {
-		return e.pid == r1.pid && (e.kind == "upgraded" || e.kind == "upgrade-failed")
-	})
+	up := d.upgradeResult(r1.pid)
 	if up.kind != "upgraded" {
 		t.Fatalf("generation 1's upgrade failed: %s", up)
 	}
@@ -779,9 +784,7 @@ func TestUpgradeFailureReason(t *testing.T) {
 		if tc.mode == "fail" && failing.int("gen") != 2 {
 			t.Errorf("the failing child is generation %s, want 2", failing.kv["gen"])
 		}
-		up := d.nextEvent("Upgrade result of generation 1", func(e event) bool {
-			return e.pid == r1.pid && (e.kind == "upgraded" || e.kind == "upgrade-failed")
-		})
+		up := d.upgradeResult(r1.pid)
 		if up.kind != "upgrade-failed" {
 			t.Fatalf("mode %s: generation 1's upgrade did not fail: %s", tc.mode, up)
 		}
@@ -803,9 +806,7 @@ func TestUpgradeFailureReason(t *testing.T) {
 	}
 	d.signal(r1.pid, unix.SIGHUP)
 	r2 := d.ready(2)
-	up := d.nextEvent("Upgrade result of generation 1", func(e event) bool {
-		return e.pid == r1.pid && (e.kind == "upgraded" || e.kind == "upgrade-failed")
-	})
+	up := d.upgradeResult(r1.pid)
 	if up.kind != "upgraded" {
 		t.Fatalf("the upgrade after the failed ones failed: %s", up)
 	}
@@ -831,9 +832,7 @@ func TestUpgradeQueuedBehindDrainingParent(t *testing.T) {
 
 	d.signal(r1.pid, unix.SIGHUP)
 	r2 := d.ready(2)
-	up := d.nextEvent("Upgrade result of generation 1", func(e event) bool {
-		return e.pid == r1.pid && (e.kind == "upgraded" || e.kind == "upgrade-failed")
-	})
+	up := d.upgradeResult(r1.pid)
 	if up.kind != "upgraded" {
 		t.Fatalf("upgrade to generation 2 failed: %s", up)
 	}

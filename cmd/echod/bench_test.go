@@ -79,7 +79,7 @@ func BenchmarkSystemdReload(b *testing.B) {
 func BenchmarkSystemdFDStoreRestart(b *testing.B) {
 	m := systemdtest.Start(b)
 	u := installFDStoreUnit(b, m, freePort(b))
-	u.mustSystemctl(b, "start", u.service())
+	u.start(b)
 	runEcholoadAgainst(b, m, u.tcp, "systemctl --user restart "+u.service(), "1s", 15*time.Second)
 }
 
@@ -90,6 +90,6 @@ func BenchmarkSystemdFDStoreRestart(b *testing.B) {
 func BenchmarkSystemdFDStoreCrash(b *testing.B) {
 	m := systemdtest.Start(b)
 	u := installFDStoreUnit(b, m, freePort(b))
-	u.mustSystemctl(b, "start", u.service())
+	u.start(b)
 	runEcholoadAgainst(b, m, u.tcp, "systemctl --user kill --signal=KILL "+u.service(), "2s", 15*time.Second)
 }

@@ -77,7 +77,6 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("echod", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var fl config
-	fl.Listen = nil
 	fs.Var(listFlag{&fl.Listen}, "listen", "address to listen on: host:port, [ipv6]:port, /path or unix:/path; repeatable (default "+defaultListen+" when systemd passes no socket)")
 	fs.StringVar(&fl.configFile, "config", "", "TOML file with the same settings; re-read on every reload")
 	fs.DurationVar(&fl.DrainTimeout.Duration, "drain-timeout", 30*time.Second, "how long a stopping or replaced generation waits for its connections before closing them")

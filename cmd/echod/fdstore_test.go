@@ -17,32 +17,16 @@ import (
 // given addresses.
 func installFDStoreUnit(t testing.TB, m *systemdtest.Manager, listen ...string) *unitUnderTest {
 	t.Helper()
-	dir := t.TempDir()
-	u := &unitUnderTest{
-		m:       m,
-		name:    systemdtest.UniqueName("echod-fds"),
-		bin:     filepath.Join(dir, "echod"),
-		config:  filepath.Join(dir, "echod.toml"),
-		logFile: filepath.Join(dir, "echod.log"),
-	}
-	good, err := os.ReadFile(echodBin(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeExec(t, u.bin, good)
+	u := newUnitUnderTest(t, m, "echod-fds")
 	u.writeListen(t, listen...)
 	if len(listen) > 0 {
 		u.tcp = listen[0]
-	}
-	b, err := os.ReadFile(filepath.Join("..", "..", "systemd", "units", "echod-fdstore.service"))
-	if err != nil {
-		t.Fatal(err)
 	}
 	content := strings.NewReplacer(
 		"/usr/local/bin/echod", u.bin,
 		"RuntimeDirectory=echod-fdstore", "RuntimeDirectory="+u.name,
 		"-listen 127.0.0.1:7007", "-config "+u.config,
-	).Replace(string(b))
+	).Replace(shippedUnit(t, "echod-fdstore.service"))
 	m.Install(t, u.service(), content)
 	m.DropIn(t, u.service(), "test", testDropIn(u.logFile))
 	return u
@@ -71,6 +55,13 @@ func (u *unitUnderTest) mustSystemctl(t testing.TB, args ...string) {
 	}
 }
 
+// start starts the service and returns its main pid once active.
+func (u *unitUnderTest) start(t testing.TB) string {
+	t.Helper()
+	u.mustSystemctl(t, "start", u.service())
+	return u.waitActive(t, "")
+}
+
 func (u *unitUnderTest) waitActive(t testing.TB, notPID string) string {
 	t.Helper()
 	st := u.m.WaitFor(t, 20*time.Second, u.service(), func(p map[string]string) bool {
@@ -87,8 +78,7 @@ func TestFDStoreRestartRefusesNothing(t *testing.T) {
 	tcp := freePort(t)
 	sock := filepath.Join(t.TempDir(), "echo.sock")
 	u := installFDStoreUnit(t, m, tcp, "unix:"+sock)
-	u.mustSystemctl(t, "start", u.service())
-	u.waitActive(t, "")
+	u.start(t)
 	if n := u.storeCount(t); n != "2" {
 		t.Fatalf("NFileDescriptorStore=%s after start, want 2 (one per listener)\n%s", n, u.log(t))
 	}
@@ -140,8 +130,7 @@ func TestFDStoreCrashRefusesNothing(t *testing.T) {
 	m := systemdtest.Start(t)
 	tcp := freePort(t)
 	u := installFDStoreUnit(t, m, tcp)
-	u.mustSystemctl(t, "start", u.service())
-	u.waitActive(t, "")
+	u.start(t)
 	inode := listenInode(t, tcp)
 	// A reload first: the main process is then one systemd did not start.
 	u.mustSystemctl(t, "reload", u.service())
@@ -174,8 +163,7 @@ func TestFDStoreDropsUnconfiguredListener(t *testing.T) {
 	m := systemdtest.Start(t)
 	a, b := freePort(t), freePort(t)
 	u := installFDStoreUnit(t, m, a, b)
-	u.mustSystemctl(t, "start", u.service())
-	u.waitActive(t, "")
+	u.start(t)
 	if n := u.storeCount(t); n != "2" {
 		t.Fatalf("NFileDescriptorStore=%s, want 2", n)
 	}
@@ -203,8 +191,7 @@ func TestFDStoreWarnsWhenNothingCameBack(t *testing.T) {
 	tcp := freePort(t)
 	u := installFDStoreUnit(t, m, tcp)
 	m.DropIn(t, u.service(), "nostore", "[Service]\nFileDescriptorStoreMax=0\n")
-	u.mustSystemctl(t, "start", u.service())
-	pid := u.waitActive(t, "")
+	pid := u.start(t)
 	if n := u.storeCount(t); n != "0" {
 		t.Fatalf("NFileDescriptorStore=%s with FileDescriptorStoreMax=0", n)
 	}
@@ -222,8 +209,7 @@ func TestFDStoreToggledByReload(t *testing.T) {
 	tcp := freePort(t)
 	u := installFDStoreUnit(t, m, tcp)
 	m.DropIn(t, u.service(), "noflag", "[Service]\nExecStart=\nExecStart="+u.bin+" -config "+u.config+"\n")
-	u.mustSystemctl(t, "start", u.service())
-	u.waitActive(t, "")
+	u.start(t)
 	if n := u.storeCount(t); n != "0" {
 		t.Fatalf("NFileDescriptorStore=%s without fdstore", n)
 	}

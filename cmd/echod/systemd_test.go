@@ -60,21 +60,18 @@ func freePort(t testing.TB) string {
 	return ""
 }
 
-// installShippedUnits copies systemd/units/* into the manager with unique
-// names, the test binary, a free port and a log file. The only other
-// change is the sandbox drop-in below.
-func installShippedUnits(t testing.TB, m *systemdtest.Manager, extra string) *unitUnderTest {
+// newUnitUnderTest prepares what every unit test needs: a unique unit
+// name, a copy of the test binary, an empty config file and a log file.
+func newUnitUnderTest(t testing.TB, m *systemdtest.Manager, prefix string) *unitUnderTest {
 	t.Helper()
 	dir := t.TempDir()
 	u := &unitUnderTest{
 		m:       m,
-		name:    systemdtest.UniqueName("echod"),
+		name:    systemdtest.UniqueName(prefix),
 		bin:     filepath.Join(dir, "echod"),
-		tcp:     freePort(t),
 		config:  filepath.Join(dir, "echod.toml"),
 		logFile: filepath.Join(dir, "echod.log"),
 	}
-	u.unix = filepath.Join(m.RuntimeDir(), u.name+".sock")
 	good, err := os.ReadFile(echodBin(t))
 	if err != nil {
 		t.Fatal(err)
@@ -83,6 +80,27 @@ func installShippedUnits(t testing.TB, m *systemdtest.Manager, extra string) *un
 	if err := os.WriteFile(u.config, []byte("# empty: defaults\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return u
+}
+
+// shippedUnit returns the content of systemd/units/name.
+func shippedUnit(t testing.TB, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "systemd", "units", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// installShippedUnits copies systemd/units/* into the manager with unique
+// names, the test binary, a free port and a log file. The only other
+// change is the sandbox drop-in below.
+func installShippedUnits(t testing.TB, m *systemdtest.Manager, extra string) *unitUnderTest {
+	t.Helper()
+	u := newUnitUnderTest(t, m, "echod")
+	u.tcp = freePort(t)
+	u.unix = filepath.Join(m.RuntimeDir(), u.name+".sock")
 	rename := strings.NewReplacer(
 		"/usr/local/bin/echod", "@BIN@",
 		"echod-unix.socket", u.name+"-unix.socket",
@@ -94,11 +112,7 @@ func installShippedUnits(t testing.TB, m *systemdtest.Manager, extra string) *un
 		"-drain-timeout 30s", "-drain-timeout 30s -config "+u.config+extra,
 	)
 	for _, f := range []string{"echod.socket", "echod-unix.socket", "echod.service"} {
-		b, err := os.ReadFile(filepath.Join("..", "..", "systemd", "units", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		content := strings.ReplaceAll(rename.Replace(string(b)), "@BIN@", u.bin)
+		content := strings.ReplaceAll(rename.Replace(shippedUnit(t, f)), "@BIN@", u.bin)
 		m.Install(t, strings.Replace(f, "echod", u.name, 1), content)
 	}
 	// A user manager cannot set up the mount namespaces and dynamic users
