@@ -178,14 +178,19 @@ func waitStats(t testing.TB, srv *daemon.Server, what string, ok func(daemon.Sta
 	return st
 }
 
-// closeWithin calls Close, failing the test if it does not return in time.
+// closeWithin calls Close, failing the test if it does not return nil in
+// time, and returns how many connections it cut (Stats.ForceClosed grew by).
 func closeWithin(t testing.TB, srv *daemon.Server) int {
 	t.Helper()
-	done := make(chan int, 1)
+	before := srv.Stats().ForceClosed
+	done := make(chan error, 1)
 	go func() { done <- srv.Close() }()
 	select {
-	case n := <-done:
-		return n
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Close = %v, want nil", err)
+		}
+		return int(srv.Stats().ForceClosed - before)
 	case <-time.After(ioTimeout):
 		t.Errorf("Close did not return")
 		return -1
@@ -641,6 +646,141 @@ func TestMaxConnsShutdown(t *testing.T) {
 	}
 	if st := ts.srv.Stats(); st.Accepted != 1 {
 		t.Errorf("Stats = %+v, want Accepted 1", st)
+	}
+}
+
+// TestMaxConnsEveryListenerAccepts: with MaxConns below the number of
+// listeners every listener still accepts, because an accept loop holds no
+// slot while it waits in Accept. Clients come one at a time, each on the
+// next listener, forward and then back (so one listener is also asked twice
+// in a row), and each must be served while the others' loops sit idle.
+func TestMaxConnsEveryListenerAccepts(t *testing.T) {
+	const listeners = 3
+	srv := daemon.New(daemon.Config{MaxConns: 1})
+	serveErr := make(chan error, listeners)
+	addrs := make([]net.Addr, listeners)
+	for i := range addrs {
+		ln := listen(t, "tcp")
+		addrs[i] = ln.Addr()
+		go func() { serveErr <- srv.Serve(ln) }()
+	}
+	t.Cleanup(func() {
+		closeWithin(t, srv)
+		for range listeners {
+			if err := recvWithin(t, serveErr, "Serve to return"); !errors.Is(err, daemon.ErrServerClosed) {
+				t.Errorf("Serve = %v, want ErrServerClosed", err)
+			}
+		}
+	})
+
+	order := []int{0, 1, 2, 2, 1, 0}
+	for k, i := range order {
+		c, err := net.DialTimeout("tcp", addrs[i].String(), ioTimeout)
+		if err != nil {
+			t.Fatalf("client %d: dial listener %d: %v", k, i, err)
+		}
+		defer c.Close()
+		if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+			t.Fatal(err)
+		}
+		if err := echo(c, fmt.Appendf(nil, "client %d on listener %d", k, i)); err != nil {
+			t.Fatalf("client %d on listener %d not served (MaxConns 1, %d listeners): %v", k, i, listeners, err)
+		}
+		c.Close()
+		waitStats(t, srv, "the connection to finish", func(st daemon.Stats) bool {
+			return st.Closed == uint64(k+1) && st.Active == 0
+		})
+	}
+	if st := srv.Stats(); st.Accepted != uint64(len(order)) {
+		t.Errorf("Stats = %+v, want Accepted %d", st, len(order))
+	}
+}
+
+// TestMaxConnsTwoListeners: MaxConns 1 with two listeners whose loops both
+// wait in Accept. A client on the second listener while the first one's
+// client is served is not served (its loop may have accepted it, but holds
+// it unserved) until the first client leaves. On Shutdown a client waiting
+// that way is closed unserved, whether its loop accepted it or it sat in
+// the backlog, and the served one drains.
+func TestMaxConnsTwoListeners(t *testing.T) {
+	srv := daemon.New(daemon.Config{MaxConns: 1})
+	serveErr := make(chan error, 2)
+	var addrs [2]string
+	for i := range addrs {
+		ln := listen(t, "tcp")
+		addrs[i] = ln.Addr().String()
+		go func() { serveErr <- srv.Serve(ln) }()
+	}
+	t.Cleanup(func() { closeWithin(t, srv) })
+	dial := func(i int) net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", addrs[i], ioTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// notServed checks that c's message is not echoed within 200ms.
+	notServed := func(c net.Conn, what string) {
+		t.Helper()
+		if err := c.SetReadDeadline(time.Now().Add(200 * time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1)
+		if n, err := c.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("%s: read = %d, %v; want a timeout (MaxConns 1)", what, n, err)
+		}
+		if err := c.SetReadDeadline(time.Now().Add(ioTimeout)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	a := dial(0)
+	mustEcho(t, a, []byte("a"))
+	b := dial(1)
+	if _, err := b.Write([]byte("b")); err != nil {
+		t.Fatal(err)
+	}
+	notServed(b, "client on the second listener while the first is served")
+	if st := srv.Stats(); st.Active != 1 || st.Accepted != 1 {
+		t.Fatalf("Stats = %+v, want Active 1, Accepted 1", st)
+	}
+	a.Close()
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(b, buf); err != nil || buf[0] != 'b' {
+		t.Fatalf("second client after the first left: %q, %v", buf, err)
+	}
+	mustEcho(t, b, []byte("b again"))
+
+	// b holds the slot; c waits on the first listener.
+	c := dial(0)
+	if _, err := c.Write([]byte("c")); err != nil {
+		t.Fatal(err)
+	}
+	notServed(c, "client on the first listener while the second is served")
+	shut := shutdownAsync(srv, ioTimeout)
+	for range 2 {
+		if err := recvWithin(t, serveErr, "Serve"); !errors.Is(err, daemon.ErrServerClosed) {
+			t.Errorf("Serve = %v, want ErrServerClosed", err)
+		}
+	}
+	if n, err := c.Read(buf); n != 0 || err == nil {
+		t.Errorf("waiting client after Shutdown: read = %d, %v; want an error and no byte", n, err)
+	} else {
+		t.Logf("waiting client after Shutdown: %v", err)
+	}
+	mustEcho(t, b, []byte("draining"))
+	b.Close()
+	if err := recvWithin(t, shut, "Shutdown"); err != nil {
+		t.Errorf("Shutdown = %v, want nil", err)
+	}
+	const echoed = uint64(len("a" + "b" + "b again" + "draining"))
+	if st := srv.Stats(); st != (daemon.Stats{Accepted: 2, Closed: 2, Bytes: echoed}) {
+		t.Errorf("Stats = %+v, want Accepted 2, Closed 2, Bytes %d", st, echoed)
 	}
 }
 

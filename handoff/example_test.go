@@ -6,6 +6,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync"
@@ -15,11 +16,11 @@ import (
 	"github.com/echod/echod/handoff"
 )
 
-// A daemon that can be upgraded in place: SIGHUP execs a new generation
-// of the binary, which takes over the listening sockets; once it serves,
-// this generation stops accepting, drains its connections and exits.
-// SIGTERM stops for good.
-func Example() {
+// The Generation API by hand (Run does all of this, and more): SIGHUP
+// execs a new generation of the binary, which takes over the listening
+// sockets; once it serves, this generation stops accepting, drains its
+// connections and exits. SIGTERM stops for good.
+func Example_generation() {
 	// Ask for the signals before anything can send them.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
@@ -52,6 +53,11 @@ func Example() {
 		log.Fatal(err)
 	}
 
+	// Serve only once ready: until then the previous generation, if
+	// any, accepts, and a failure here takes no connection with it.
+	if err := gen.Ready(); err != nil {
+		log.Fatal(err)
+	}
 	var accepting, serving sync.WaitGroup
 	for _, l := range ls {
 		accepting.Go(func() {
@@ -74,11 +80,6 @@ func Example() {
 		accepting.Wait()
 	}
 
-	// Serve: the previous generation, if any, now stops accepting.
-	if err := gen.Ready(); err != nil {
-		gen.Fail(err)
-		log.Fatal(err)
-	}
 	for {
 		select {
 		case sig := <-sigs:
@@ -108,6 +109,42 @@ func Example() {
 			return
 		}
 	}
+}
+
+// An HTTP server (net/http) run and reloaded by handoff.Run: SIGHUP or a
+// "reload" on the control socket would exec the binary afresh, hand the
+// listening socket over and drain this generation. Here ctx ends it.
+func ExampleRun_http() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- handoff.Run(ctx, handoff.Config{
+			Listen:       []handoff.Spec{{Network: "tcp", Address: "127.0.0.1:0"}},
+			DrainTimeout: 5 * time.Second,
+			NewServer: func(g *handoff.Generation, ls []*handoff.Listener) (handoff.Server, error) {
+				addr <- ls[0].Addr().String() // clients may connect now: the backlog holds them
+				return &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+					fmt.Fprintf(w, "hello from generation %d\n", g.Number())
+				})}, nil
+			},
+		})
+	}()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + <-addr + "/")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Print(string(body))
+	cancel()
+	fmt.Println("Run returned", <-done)
+	// Output:
+	// hello from generation 1
+	// Run returned <nil>
 }
 
 func ExampleParseSpec() {

@@ -46,7 +46,7 @@ func closeStored(m map[string]net.Listener) {
 // across restarts with RuntimeDirectoryPreserve=restart), which names this
 // daemon stored, so a restarted first generation that gets none of them
 // back can tell the operator why. It is not kept in the shared temporary
-// directory (no StateDir, no RUNTIME_DIRECTORY).
+// directory: with no StateDir and no RUNTIME_DIRECTORY there is none.
 func (g *Generation) markerFile() string {
 	return filepath.Join(g.opts.StateDir, "fdstore.names")
 }
@@ -59,7 +59,7 @@ func (g *Generation) storeNew(ls []*Listener) error {
 		return nil
 	}
 	n := g.opts.FDStore
-	if g.parentState == nil && !g.tempState {
+	if g.link == nil && !g.noStateDir {
 		g.checkRestored(ls)
 	}
 	var names []string
@@ -83,7 +83,7 @@ func (g *Generation) storeNew(ls []*Listener) error {
 		}
 		l.Stored = true
 		sent = true
-		g.log.Info("listener stored in the systemd fd store", "name", l.Name, "fdname", l.StoreName)
+		g.logger().Info("listener stored in the systemd fd store", "name", l.Name, "fdname", l.StoreName)
 	}
 	if sent {
 		if _, err := n.Barrier(5 * time.Second); err != nil {
@@ -93,9 +93,9 @@ func (g *Generation) storeNew(ls []*Listener) error {
 	g.mu.Lock()
 	g.stored = names
 	g.mu.Unlock()
-	if len(names) > 0 && !g.tempState {
+	if len(names) > 0 && !g.noStateDir {
 		if err := writeAtomic(g.markerFile(), strings.Join(names, "\n")+"\n"); err != nil {
-			g.log.Warn("cannot record stored listeners", "file", g.markerFile(), "err", err)
+			g.logger().Warn("cannot record stored listeners", "file", g.markerFile(), "err", err)
 		}
 	}
 	return nil
@@ -136,7 +136,7 @@ func (g *Generation) checkRestored(ls []*Listener) {
 		}
 	}
 	if len(want) > 0 && restored == 0 {
-		g.log.Warn("listeners stored by the previous process did not come back from the systemd fd store: is FileDescriptorStoreMax= set high enough? (expected after a full stop: the store is flushed then)", "stored_before", len(want))
+		g.logger().Warn("listeners stored by the previous process did not come back from the systemd fd store: is FileDescriptorStoreMax= set high enough? (expected after a full stop: the store is flushed then)", "stored_before", len(want))
 	}
 }
 
@@ -146,24 +146,35 @@ func (g *Generation) checkRestored(ls []*Listener) {
 func (g *Generation) dropFromStore(fromStore map[string]net.Listener) {
 	for name, ln := range fromStore {
 		ln.Close()
-		g.toRemove = append(g.toRemove, name)
+		g.removeLater(name)
 	}
-	g.removeStored(g.toRemove)
+	g.mu.Lock()
+	names := g.toRemove
 	g.toRemove = nil
+	g.mu.Unlock()
+	g.removeStored(names)
+}
+
+// removeLater records an fd store name to remove once the listeners are
+// taken.
+func (g *Generation) removeLater(name string) {
+	g.mu.Lock()
+	g.toRemove = append(g.toRemove, name)
+	g.mu.Unlock()
 }
 
 // dropParentStored runs at Ready in a generation started by an upgrade: it
 // removes from the store what the previous generation kept there and this
 // one no longer serves (a listener dropped from the configuration).
 func (g *Generation) dropParentStored() {
-	if g.parentState == nil {
+	if g.link == nil {
 		return
 	}
 	g.mu.Lock()
 	kept := g.stored
 	g.mu.Unlock()
 	var drop []string
-	for _, name := range g.parentState.Stored {
+	for _, name := range g.link.offer.Stored {
 		if !slices.Contains(kept, name) {
 			drop = append(drop, name)
 		}
@@ -178,9 +189,9 @@ func (g *Generation) removeStored(names []string) {
 			errs = append(errs, err)
 			continue
 		}
-		g.log.Info("listener no longer configured: removed from the systemd fd store", "fdname", name)
+		g.logger().Info("listener no longer configured: removed from the systemd fd store", "fdname", name)
 	}
 	if err := errors.Join(errs...); err != nil {
-		g.log.Warn("fd store removal failed", "err", err)
+		g.logger().Warn("fd store removal failed", "err", err)
 	}
 }

@@ -2,7 +2,6 @@ package handoff
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,12 +15,6 @@ import (
 
 	"github.com/echod/echod/systemd"
 )
-
-// stateEnv carries a generation's hand-over state to the next one: its
-// number, the systemd-activated sockets it passes on, and where the new
-// generation reports success or failure. The new generation removes it
-// from its environment at once.
-const stateEnv = "ECHOD_HANDOFF"
 
 // Sentinel errors.
 var (
@@ -40,12 +33,15 @@ type Options struct {
 	// UpgradeTimeout bounds how long a new generation may take to become
 	// ready before it is killed and the upgrade fails. Zero means 10s.
 	UpgradeTimeout time.Duration
-	// PIDFile, if set, is written atomically with the pid of each
-	// generation when it becomes ready.
+	// PIDFile, if set, always names the serving generation: the first
+	// writes its pid at Ready, and each successful upgrade rewrites it
+	// with the new generation's pid (written by the old one, after the
+	// commit, so it never names a process that failed). Written
+	// atomically.
 	PIDFile string
-	// StateDir holds the short-lived file through which a new generation
-	// reports its pid or its failure. Empty means $RUNTIME_DIRECTORY, or
-	// the system's temporary directory.
+	// StateDir holds the record of the listeners kept in systemd's fd
+	// store (see Options.FDStore). Empty means $RUNTIME_DIRECTORY; with
+	// neither, no record is kept.
 	StateDir string
 	// Logger receives one line per event that matters. Nil discards.
 	Logger *slog.Logger
@@ -83,32 +79,24 @@ type Result struct {
 	Generation int // its number (this one's plus one)
 }
 
-// state is what stateEnv holds.
-type state struct {
-	Generation int      `json:"generation"`
-	Status     string   `json:"status"`
-	Systemd    []string `json:"systemd,omitempty"` // names of passed systemd sockets, in order
-	Stored     []string `json:"stored,omitempty"`  // fd store names of the listeners kept there
-}
-
 // Generation is one process in the chain of an upgradable daemon. Only one
 // may exist per process.
 type Generation struct {
 	opts Options
-	log  *slog.Logger
 	upg  *tableflip.Upgrader
 	gen  int
+	link *parentLink // nil in the first generation
 
-	parentState *state // nil in the first generation
+	mu       sync.Mutex
+	log      *slog.Logger
+	systemd  []string // names of the systemd sockets registered, in order
+	stored   []string // fd store names of this generation's listeners
+	result   Result   // the successful upgrade; set before exitC is closed
+	toRemove []string // fd store names to remove once listeners are taken
+	state    readyState
+	readyErr error // why Ready or Fail ended this generation
 
-	mu      sync.Mutex
-	systemd []string // names of the systemd sockets registered, in order
-	stored  []string // fd store names of this generation's listeners
-	result  Result   // the successful upgrade; set before exitC is closed
-
-	tempState bool     // opts.StateDir is the shared temporary directory
-	toRemove  []string // fd store names to remove once listeners are taken
-	ready     bool
+	noStateDir bool // no StateDir: keep no record of stored listeners
 
 	reqs     chan chan upgradeReply
 	stopOnce sync.Once
@@ -119,62 +107,62 @@ type Generation struct {
 	cancel   context.CancelFunc
 }
 
+// readyState is where a generation stands with Ready.
+type readyState int
+
+const (
+	starting    readyState = iota
+	serving                // Ready succeeded
+	failedReady            // Ready or Fail ended it: it must exit
+)
+
 type upgradeReply struct {
 	res Result
 	err error
 }
 
 // New starts this process's generation. In a process exec'd by a
-// generation's Upgrade it takes over the sockets that generation passed.
+// generation's Upgrade it reads what that generation passed (protocol
+// version 2 over the channel, or version 1 from a release before) and
+// greets it; an error there fails the upgrade with that reason.
 func New(opts Options) (*Generation, error) {
 	if opts.UpgradeTimeout <= 0 {
 		opts.UpgradeTimeout = 10 * time.Second
 	}
-	tempState := false // StateDir is the shared temporary directory
+	noStateDir := false
 	if opts.StateDir == "" {
-		opts.StateDir = os.Getenv("RUNTIME_DIRECTORY")
-		if i := strings.IndexByte(opts.StateDir, ':'); i >= 0 {
-			opts.StateDir = opts.StateDir[:i]
-		}
-		if opts.StateDir == "" {
-			opts.StateDir = os.TempDir()
-			tempState = true
-		}
+		opts.StateDir, _, _ = strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":")
+		noStateDir = opts.StateDir == ""
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	var ps *state
-	if raw, ok := os.LookupEnv(stateEnv); ok {
-		os.Unsetenv(stateEnv)
-		ps = new(state)
-		if err := json.Unmarshal([]byte(raw), ps); err != nil {
-			return nil, fmt.Errorf("handoff: %s from the previous generation: %w", stateEnv, err)
-		}
-	}
-	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: opts.UpgradeTimeout, PIDFile: opts.PIDFile})
+	// The PID file is written by this package (see Options.PIDFile), not
+	// by tableflip, whose child writes it before telling its parent.
+	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: opts.UpgradeTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
-	if ps != nil && !upg.HasParent() {
-		ps = nil // stale variable, not from a live parent
+	link, err := openParentLink(upg)
+	if err != nil {
+		return nil, err
 	}
 	g := &Generation{
-		opts:        opts,
-		log:         log,
-		upg:         upg,
-		gen:         1,
-		parentState: ps,
-		reqs:        make(chan chan upgradeReply),
-		stopC:       make(chan struct{}),
-		exitC:       make(chan struct{}),
-		runDone:     make(chan struct{}),
-		waitDone:    make(chan struct{}),
-		tempState:   tempState,
+		opts:       opts,
+		log:        log,
+		upg:        upg,
+		gen:        1,
+		link:       link,
+		reqs:       make(chan chan upgradeReply),
+		stopC:      make(chan struct{}),
+		exitC:      make(chan struct{}),
+		runDone:    make(chan struct{}),
+		waitDone:   make(chan struct{}),
+		noStateDir: noStateDir,
 	}
-	if ps != nil {
-		g.gen = ps.Generation + 1
+	if link != nil {
+		g.gen = link.offer.Generation
 	}
 	return g, nil
 }
@@ -186,79 +174,108 @@ func (g *Generation) Number() int { return g.gen }
 // HasParent reports whether this generation was started by an upgrade.
 func (g *Generation) HasParent() bool { return g.upg.HasParent() }
 
-// Fail tells the generation that started this one why it will not become
-// ready, so its Upgrade returns that reason. The caller exits afterwards.
-// Fail does nothing in the first generation.
-func (g *Generation) Fail(reason error) {
-	g.writeStatus("error " + oneLine(reason.Error()))
+// Protocol is the hand-over protocol version spoken with the previous
+// generation: 2 (this release), 1 (a release before it), or 0 in a first
+// generation.
+func (g *Generation) Protocol() int {
+	if g.link == nil {
+		return 0
+	}
+	return g.link.version
 }
 
-func (g *Generation) writeStatus(line string) {
-	if g.parentState == nil {
+// Fail tells the generation that started this one why it will not become
+// ready, so its Upgrade returns that reason; the caller exits afterwards
+// (Stop first). Fail does nothing more in the first generation, and
+// nothing after Ready.
+func (g *Generation) Fail(reason error) {
+	g.mu.Lock()
+	if g.state != starting {
+		g.mu.Unlock()
 		return
 	}
-	if err := writeStatusFile(g.parentState.Status, line); err != nil {
-		g.log.Warn("cannot report to the previous generation", "err", err)
+	g.state, g.readyErr = failedReady, reason
+	g.mu.Unlock()
+	if g.link != nil {
+		g.link.fail(reason.Error())
+		g.link.close()
 	}
-}
-
-func writeStatusFile(path, line string) error {
-	if path == "" {
-		return nil
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = f.WriteString(line + "\n")
-	return err
 }
 
 // ReportFailure is [Generation.Fail] for a process that fails before it
-// could call New, for example on a configuration that does not validate:
-// if an upgrading generation started this process, its Upgrade returns
-// reason. It does nothing otherwise.
+// built its Generation, for example on a configuration that does not
+// validate: if an upgrading generation started this process, its Upgrade
+// returns reason. It does nothing otherwise. Only one Generation may exist
+// per process: call it instead of New, never after.
 func ReportFailure(reason error) {
-	raw, ok := os.LookupEnv(stateEnv)
-	if !ok {
+	g, err := New(Options{})
+	if err != nil {
 		return
 	}
-	var st state
-	if json.Unmarshal([]byte(raw), &st) == nil {
-		_ = writeStatusFile(st.Status, "error "+oneLine(reason.Error()))
-	}
+	g.Fail(reason)
+	g.Stop()
 }
 
 func oneLine(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r < 0x20 {
+		if r < 0x20 || r == 0x7f {
 			return ' '
 		}
 		return r
 	}, s)
 }
 
-// Ready tells the previous generation, if any, that this one serves: it
-// stops accepting and drains. Inherited sockets that were not claimed
-// through Listeners or Listen are closed (stale Unix socket files of
-// listeners no longer configured are removed). After Ready, Upgrade
-// requests are served.
+// ErrFailed is wrapped by Ready after Fail or a failed Ready: the
+// generation never serves and must exit.
+var ErrFailed = errors.New("handoff: this generation failed to become ready")
+
+// Ready makes this generation the serving one; start serving only once it
+// returned nil. With a previous generation it is the commit of the
+// upgrade: the previous generation is told (protocol "ready", then
+// tableflip's readiness byte), stops accepting and drains, and inherited
+// sockets nobody claimed through Listeners or Listen are closed (stale
+// Unix socket files of listeners no longer configured are removed). In a
+// first generation the PID file is written first, and its failure is
+// Ready's. After Ready, Upgrade requests are served.
+//
+// Ready is not retried: after an error the generation must exit (the
+// previous one, if any, goes on serving) and later calls return the same
+// error.
 func (g *Generation) Ready() error {
 	g.mu.Lock()
-	if g.ready {
+	switch g.state {
+	case serving:
 		g.mu.Unlock()
 		return nil
-	}
-	g.ready = true
-	g.mu.Unlock()
-	g.dropParentStored()
-	g.writeStatus("ok " + strconv.Itoa(os.Getpid()))
-	if err := g.upg.Ready(); err != nil {
-		g.mu.Lock()
-		g.ready = false
+	case failedReady:
+		err := g.readyErr
 		g.mu.Unlock()
-		return fmt.Errorf("handoff: %w", err)
+		return fmt.Errorf("%w: %w", ErrFailed, err)
+	}
+	stored := append([]string(nil), g.stored...)
+	g.mu.Unlock()
+	if err := g.commit(stored); err != nil {
+		g.mu.Lock()
+		g.state, g.readyErr = failedReady, err
+		g.mu.Unlock()
+		if g.link != nil {
+			g.link.close()
+		}
+		return err
+	}
+	g.mu.Lock()
+	g.state = serving
+	g.mu.Unlock()
+	// Committed: this generation serves; what follows cannot undo it.
+	if g.link != nil {
+		if g.link.version == 1 && g.opts.PIDFile != "" {
+			// A version 1 parent leaves the PID file to its child.
+			if err := writeAtomic(g.opts.PIDFile, strconv.Itoa(os.Getpid())+"\n"); err != nil {
+				g.logger().Error("cannot write the PID file", "file", g.opts.PIDFile, "err", err)
+			}
+		}
+		g.link.close()
+		g.dropParentStored()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g.mu.Lock()
@@ -267,10 +284,30 @@ func (g *Generation) Ready() error {
 	go func() {
 		defer close(g.waitDone)
 		if err := g.upg.WaitForParent(ctx); err != nil && ctx.Err() == nil {
-			g.log.Warn("previous generation misbehaved while exiting", "err", err)
+			g.logger().Warn("previous generation misbehaved while exiting", "err", err)
 		}
 	}()
 	go g.run()
+	return nil
+}
+
+// commit is Ready's step that can fail: the PID file of a first
+// generation, or "ready" to the parent and then tableflip's readiness
+// byte.
+func (g *Generation) commit(stored []string) error {
+	if g.link == nil && g.opts.PIDFile != "" {
+		if err := writeAtomic(g.opts.PIDFile, strconv.Itoa(os.Getpid())+"\n"); err != nil {
+			return fmt.Errorf("handoff: PID file: %w", err)
+		}
+	}
+	if g.link != nil {
+		if err := g.link.ready(stored); err != nil {
+			return fmt.Errorf("handoff: tell the previous generation: %w", err)
+		}
+	}
+	if err := g.upg.Ready(); err != nil {
+		return fmt.Errorf("handoff: %w", err)
+	}
 	return nil
 }
 
@@ -311,7 +348,7 @@ func (g *Generation) Successor() Result {
 // goroutines to end.
 func (g *Generation) Stop() {
 	g.mu.Lock()
-	failedChild := g.HasParent() && !g.ready
+	failedChild := g.HasParent() && g.state != serving
 	g.mu.Unlock()
 	if failedChild {
 		// tableflip's Stop would unlink the inherited Unix socket paths.
@@ -337,6 +374,14 @@ func (g *Generation) Stop() {
 // generation once its number is known.
 func (g *Generation) SetLogger(l *slog.Logger) {
 	if l != nil {
+		g.mu.Lock()
 		g.log = l
+		g.mu.Unlock()
 	}
+}
+
+func (g *Generation) logger() *slog.Logger {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.log
 }

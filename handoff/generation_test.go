@@ -38,7 +38,9 @@ const (
 	roleEnv     = "HANDOFF_TEST_ROLE"      // "daemon" or "pidfile"
 	specEnv     = "HANDOFF_TEST_SPEC"      // the listen address
 	stateDirEnv = "HANDOFF_TEST_STATE_DIR" // Options.StateDir
-	failFileEnv = "HANDOFF_TEST_FAIL_FILE" // while it exists, new processes fail (contents: "fail" or "report")
+	failFileEnv = "HANDOFF_TEST_FAIL_FILE" // while it exists, new processes fail (contents: "fail", "report" or "lose-ready")
+	pidFileEnv  = "HANDOFF_TEST_PID_FILE"  // Options.PIDFile
+	timeoutEnv  = "HANDOFF_TEST_UPGRADE_TIMEOUT"
 
 	linePrefix = "handoff-test: "
 
@@ -116,9 +118,14 @@ func runDaemon() {
 		}
 	}
 
+	upgradeTimeout := waitTimeout
+	if d, err := time.ParseDuration(os.Getenv(timeoutEnv)); err == nil {
+		upgradeTimeout = d
+	}
 	gen, err := handoff.New(handoff.Options{
 		StateDir:       os.Getenv(stateDirEnv),
-		UpgradeTimeout: waitTimeout,
+		PIDFile:        os.Getenv(pidFileEnv),
+		UpgradeTimeout: upgradeTimeout,
 		Logger:         slog.New(slog.NewTextHandler(logWriter{}, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	})
 	if err != nil {
@@ -136,10 +143,22 @@ func runDaemon() {
 		os.Exit(1)
 	}
 
-	if b, err := os.ReadFile(os.Getenv(failFileEnv)); err == nil && strings.TrimSpace(string(b)) == "fail" {
-		emit("failing", "mode=fail gen=%d", gen.Number())
-		gen.Fail(errors.New(failReason))
-		os.Exit(1)
+	if b, err := os.ReadFile(os.Getenv(failFileEnv)); err == nil {
+		switch strings.TrimSpace(string(b)) {
+		case "fail":
+			emit("failing", "mode=fail gen=%d", gen.Number())
+			gen.Fail(errors.New(failReason))
+			os.Exit(1)
+		case "lose-ready":
+			// tableflip's readiness pipe (fd 3) now leads nowhere: this
+			// process believes it is ready, its parent never hears so
+			// and kills it at the upgrade timeout.
+			null, err := unix.Open("/dev/null", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+			if err == nil {
+				err = unix.Dup3(null, 3, unix.O_CLOEXEC)
+			}
+			emit("failing", "mode=lose-ready gen=%d err=%v", gen.Number(), err)
+		}
 	}
 
 	var accepting, serving sync.WaitGroup
@@ -306,9 +325,11 @@ type daemon struct {
 }
 
 type daemonConfig struct {
-	role     string
-	spec     string
-	failFile string
+	role           string
+	spec           string
+	failFile       string
+	pidFile        string
+	upgradeTimeout time.Duration
 }
 
 func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
@@ -341,6 +362,8 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 		specEnv+"="+cfg.spec,
 		stateDirEnv+"="+stateDir,
 		failFileEnv+"="+cfg.failFile,
+		pidFileEnv+"="+cfg.pidFile,
+		timeoutEnv+"="+cfg.upgradeTimeout.String(),
 	)
 	d := &daemon{
 		t:        t,
@@ -816,6 +839,52 @@ func TestUpgradeFailureReason(t *testing.T) {
 	}
 	if pid, gen, _ := dialID(t, addr, false); pid != r2.pid || gen != 2 {
 		t.Fatalf("after the upgrade %s is served by pid %d generation %d, want pid %d generation 2", addr, pid, gen, r2.pid)
+	}
+}
+
+// TestPIDFileNeverNamesAFailedGeneration: the PID file names the serving
+// generation, never one whose upgrade failed, even one that went as far as
+// believing itself ready (its readiness byte lost, it is killed at the
+// upgrade timeout). tableflip's own PIDFile is written by the child before
+// it tells its parent.
+func TestPIDFileNeverNamesAFailedGeneration(t *testing.T) {
+	dir := t.TempDir()
+	failFile := filepath.Join(dir, "fail")
+	pidFile := filepath.Join(dir, "daemon.pid")
+	d := startDaemon(t, daemonConfig{failFile: failFile, pidFile: pidFile, upgradeTimeout: 2 * time.Second})
+	r1 := d.ready(1)
+	checkPIDFile(t, pidFile, r1.pid)
+	if err := os.WriteFile(failFile, []byte("lose-ready"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(r1.pid, unix.SIGHUP)
+	failing := d.nextEvent("child losing its readiness byte", kind("failing"))
+	up := d.upgradeResult(r1.pid)
+	if up.kind != "upgrade-failed" || !strings.Contains(up.msg, "timed out") {
+		t.Fatalf("generation 1's upgrade: %s, want a timeout", up)
+	}
+	d.waitExit(failing.pid)
+	checkPIDFile(t, pidFile, r1.pid)
+
+	if err := os.Remove(failFile); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(r1.pid, unix.SIGHUP)
+	r2 := d.nextEvent("generation 2 ready", func(e event) bool {
+		return readyGen(2)(e) && e.pid != failing.pid // that one said ready too
+	})
+	checkUpgraded(t, d.upgradeResult(r1.pid), r2.pid, 2)
+	checkPIDFile(t, pidFile, r2.pid)
+}
+
+func checkPIDFile(t *testing.T, path string, want int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(b)); got != strconv.Itoa(want) {
+		t.Fatalf("PID file names %s, want %d (the serving generation)", got, want)
 	}
 }
 

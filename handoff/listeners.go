@@ -50,8 +50,8 @@ func (g *Generation) Listeners(specs, fallback []Spec) (ls []*Listener, err erro
 		}
 	}()
 	var fromStore map[string]net.Listener // first generation: listeners systemd kept for us
-	if g.parentState != nil {
-		for i, name := range g.parentState.Systemd {
+	if g.link != nil {
+		for i, name := range g.link.offer.Systemd {
 			f, err := g.upg.File(systemdKey(i))
 			if err != nil {
 				return ls, fmt.Errorf("handoff: inherited systemd socket %s: %w", name, err)
@@ -71,7 +71,7 @@ func (g *Generation) Listeners(specs, fallback []Spec) (ls []*Listener, err erro
 			l.Inherited = true
 			ls = append(ls, l)
 		}
-	} else {
+	} else if !g.HasParent() {
 		socks, err := systemd.Activated()
 		if err != nil {
 			return ls, fmt.Errorf("handoff: socket activation: %w", err)
@@ -186,6 +186,14 @@ func fileOf(ln net.Listener) (*os.File, error) {
 // (nobody listening) is replaced; one that answers is an error, like a TCP
 // address in use.
 func (g *Generation) Listen(spec Spec) (*Listener, error) {
+	return g.ListenFunc(spec, nil)
+}
+
+// ListenFunc is [Generation.Listen] with bind creating the socket when no
+// previous generation passed one (nil: a plain bind). The socket bind
+// returns must have a file descriptor (as *net.TCPListener and
+// *net.UnixListener do); it is registered to be passed on.
+func (g *Generation) ListenFunc(spec Spec, bind func(Spec) (net.Listener, error)) (*Listener, error) {
 	ln, err := g.upg.Listener(spec.Network, spec.Address)
 	if err != nil {
 		return nil, fmt.Errorf("handoff: inherited %s: %w", spec, err)
@@ -203,7 +211,7 @@ func (g *Generation) Listen(spec Spec) (*Listener, error) {
 		if err != nil {
 			return nil, fmt.Errorf("handoff: inherited %s: %w", spec, err)
 		}
-		g.toRemove = append(g.toRemove, StoreName(spec))
+		g.removeLater(StoreName(spec))
 		return &Listener{Listener: ln, Name: spec.String(), Origin: Bound, Inherited: true}, nil
 	}
 	if spec.Network == "unix" {
@@ -211,9 +219,25 @@ func (g *Generation) Listen(spec Spec) (*Listener, error) {
 			return nil, fmt.Errorf("handoff: listen %s: %w", spec, err)
 		}
 	}
-	ln, err = g.upg.Listen(spec.Network, spec.Address)
+	if bind == nil {
+		ln, err = g.upg.Listen(spec.Network, spec.Address)
+		if err != nil {
+			return nil, fmt.Errorf("handoff: listen %s: %w", spec, err)
+		}
+		return &Listener{Listener: ln, Name: spec.String(), Origin: Bound}, nil
+	}
+	ln, err = bind(spec)
 	if err != nil {
 		return nil, fmt.Errorf("handoff: listen %s: %w", spec, err)
+	}
+	tl, ok := ln.(tableflip.Listener)
+	if !ok {
+		ln.Close()
+		return nil, fmt.Errorf("handoff: listen %s: %T has no file descriptor", spec, ln)
+	}
+	if err := g.upg.AddListener(spec.Network, spec.Address, tl); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("handoff: register %s: %w", spec, err)
 	}
 	return &Listener{Listener: ln, Name: spec.String(), Origin: Bound}, nil
 }
@@ -230,7 +254,7 @@ func (g *Generation) listen(spec Spec, fromStore map[string]net.Listener) (*List
 			// the socket (binding again would fail), but take it out of
 			// the store.
 			delete(fromStore, name)
-			g.toRemove = append(g.toRemove, name)
+			g.removeLater(name)
 			tl, ok := ln.(tableflip.Listener)
 			if !ok {
 				ln.Close()
@@ -266,7 +290,7 @@ func (g *Generation) listen(spec Spec, fromStore map[string]net.Listener) (*List
 	} else if ln != nil {
 		// Stored already if the previous generation said so.
 		l.Listener, l.Inherited = ln, true
-		l.Stored = g.parentState != nil && slices.Contains(g.parentState.Stored, name)
+		l.Stored = g.link != nil && slices.Contains(g.link.offer.Stored, name)
 		return l, nil
 	}
 	if ln, ok := fromStore[name]; ok {

@@ -2,9 +2,7 @@ package handoff
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -24,10 +22,13 @@ import (
 // and [ErrStopped] after Stop.
 func (g *Generation) Upgrade(ctx context.Context) (Result, error) {
 	g.mu.Lock()
-	ready := g.ready
+	state := g.state
 	g.mu.Unlock()
-	if !ready {
+	switch state {
+	case starting:
 		return Result{}, ErrNotReady
+	case failedReady:
+		return Result{}, ErrStopped
 	}
 	reply := make(chan upgradeReply, 1)
 	select {
@@ -113,7 +114,7 @@ func (g *Generation) waitParent(batch *[]chan upgradeReply) bool {
 		default:
 		}
 		if len(*batch) == 1 {
-			g.log.Info("upgrade waits for the previous generation to finish draining")
+			g.logger().Info("upgrade waits for the previous generation to finish draining")
 		}
 		select {
 		case <-g.waitDone:
@@ -132,73 +133,42 @@ func replyAll(batch []chan upgradeReply, r upgradeReply) {
 	}
 }
 
-// upgradeOnce runs one tableflip upgrade with the state file that lets the
-// new generation report back.
+// upgradeOnce runs one upgrade (parent.go) with the hooks around it.
 func (g *Generation) upgradeOnce() upgradeReply {
 	if h := g.opts.Hooks.Starting; h != nil {
 		h()
 	}
 	started := time.Now()
-	g.log.Info("upgrade started", "generation", g.gen+1)
+	g.logger().Info("upgrade started", "generation", g.gen+1)
 	res, err := g.exec()
 	if err != nil {
 		err = fmt.Errorf("handoff: upgrade to generation %d: %w", g.gen+1, err)
-		g.log.Error("upgrade failed; this generation keeps serving", "err", err)
+		g.logger().Error("upgrade failed; this generation keeps serving", "err", err)
 		if h := g.opts.Hooks.Failed; h != nil {
 			h(err)
 		}
 		return upgradeReply{err: err}
 	}
-	g.log.Info("upgrade succeeded", "new_pid", res.PID, "new_generation", res.Generation, "took", time.Since(started).Round(time.Microsecond))
+	g.logger().Info("upgrade succeeded", "new_pid", res.PID, "new_generation", res.Generation, "took", time.Since(started).Round(time.Microsecond))
+	if g.opts.PIDFile != "" && res.PID > 0 {
+		// After the commit, before anyone hears of the success: the PID
+		// file never names a generation that failed.
+		if err := writeAtomic(g.opts.PIDFile, strconv.Itoa(res.PID)+"\n"); err != nil {
+			g.logger().Error("cannot write the PID file", "file", g.opts.PIDFile, "err", err)
+		}
+	}
 	if h := g.opts.Hooks.Succeeded; h != nil {
 		h(res)
 	}
 	return upgradeReply{res: res}
 }
 
-func (g *Generation) exec() (Result, error) {
-	f, err := os.CreateTemp(g.opts.StateDir, ".handoff-*")
-	if err != nil {
-		return Result{}, fmt.Errorf("status file: %w", err)
-	}
-	status := f.Name()
-	f.Close()
-	defer os.Remove(status)
-
-	g.mu.Lock()
-	st := state{Generation: g.gen, Status: status, Systemd: append([]string(nil), g.systemd...), Stored: append([]string(nil), g.stored...)}
-	g.mu.Unlock()
-	raw, err := json.Marshal(st)
-	if err != nil {
-		return Result{}, err
-	}
-	// tableflip passes os.Environ() to the new process.
-	os.Setenv(stateEnv, string(raw))
-	upErr := g.upgrade()
-	os.Unsetenv(stateEnv)
-
-	report, _ := os.ReadFile(status)
-	line := strings.TrimSpace(string(report))
-	if upErr != nil {
-		if reason, ok := strings.CutPrefix(line, "error "); ok {
-			return Result{}, fmt.Errorf("%s (%w)", reason, upErr)
-		}
-		return Result{}, upErr
-	}
-	pidText, ok := strings.CutPrefix(line, "ok ")
-	pid, err := strconv.Atoi(pidText)
-	if !ok || err != nil || pid <= 0 {
-		return Result{}, fmt.Errorf("new generation is ready but reported %q instead of its pid", line)
-	}
-	return Result{PID: pid, Generation: g.gen + 1}, nil
-}
-
-// upgrade calls tableflip's Upgrade. It is only called once the previous
+// tableflipUpgrade calls tableflip's Upgrade. It is only called once the previous
 // generation has exited (WaitForParent returned), but tableflip's own
 // goroutine learns of that exit through a select that may serve our
 // request first and answer "parent hasn't exited": retry that answer a
 // bounded number of times.
-func (g *Generation) upgrade() error {
+func (g *Generation) tableflipUpgrade() error {
 	for i := 0; ; i++ {
 		err := g.upg.Upgrade()
 		if err == nil || !strings.Contains(err.Error(), "parent hasn't exited") || i == 100 {

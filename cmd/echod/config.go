@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -21,38 +22,24 @@ const defaultListen = "127.0.0.1:7007"
 // config is echod's configuration. Every field is a flag and a key of the
 // TOML file given with -config; a flag given on the command line wins.
 type config struct {
-	Listen         []string `toml:"listen"`
-	DrainTimeout   duration `toml:"drain-timeout"`
-	UpgradeTimeout duration `toml:"upgrade-timeout"`
-	IdleTimeout    duration `toml:"idle-timeout"`
-	MaxConns       int      `toml:"max-conns"`
-	PIDFile        string   `toml:"pid-file"`
-	Control        string   `toml:"control"`
-	LogLevel       string   `toml:"log-level"`
-	FDStore        bool     `toml:"fdstore"`
+	Listen         []string      `toml:"listen"`
+	DrainTimeout   time.Duration `toml:"drain-timeout"`
+	UpgradeTimeout time.Duration `toml:"upgrade-timeout"`
+	IdleTimeout    time.Duration `toml:"idle-timeout"`
+	MaxConns       int           `toml:"max-conns"`
+	PIDFile        string        `toml:"pid-file"`
+	Control        string        `toml:"control"`
+	LogLevel       string        `toml:"log-level"`
+	FDStore        bool          `toml:"fdstore"`
 
-	configFile string
-	specs      []handoff.Spec
-}
-
-// duration is a time.Duration written as "30s" in TOML.
-type duration struct{ time.Duration }
-
-func (d *duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return err
-	}
-	d.Duration = v
-	return nil
+	configFile  string
+	specs       []handoff.Spec
+	checkOnly   bool // -check-config
+	showVersion bool // -version
 }
 
 func defaultConfig() config {
-	c := config{
-		DrainTimeout:   duration{30 * time.Second},
-		UpgradeTimeout: duration{10 * time.Second},
-		LogLevel:       "info",
-	}
+	c := config{DrainTimeout: 30 * time.Second, UpgradeTimeout: 10 * time.Second, LogLevel: "info"}
 	if rd := os.Getenv("RUNTIME_DIRECTORY"); rd != "" {
 		// systemd's RuntimeDirectory=; the first one if several.
 		c.Control = strings.SplitN(rd, ":", 2)[0] + "/control.sock"
@@ -60,81 +47,75 @@ func defaultConfig() config {
 	return c
 }
 
-// listFlag collects a repeatable string flag.
-type listFlag struct{ vals *[]string }
+// listFlag is a repeatable flag whose first use replaces the list.
+type listFlag struct {
+	vals *[]string
+	set  bool
+}
 
-func (l listFlag) String() string {
-	if l.vals == nil {
+func (l *listFlag) String() string {
+	if l == nil || l.vals == nil {
 		return ""
 	}
 	return strings.Join(*l.vals, ",")
 }
-func (l listFlag) Set(s string) error { *l.vals = append(*l.vals, s); return nil }
 
-// parseConfig reads the command line and the file it names, and validates
-// the result. Errors name the flag, key or value at fault.
-func parseConfig(args []string, stderr io.Writer) (config, error) {
+func (l *listFlag) Set(s string) error {
+	if !l.set {
+		*l.vals, l.set = nil, true
+	}
+	*l.vals = append(*l.vals, s)
+	return nil
+}
+
+// flags binds every flag to c, with c's values as defaults.
+func flags(c *config, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("echod", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var fl config
-	fs.Var(listFlag{&fl.Listen}, "listen", "address to listen on: host:port, [ipv6]:port, /path or unix:/path; repeatable (default "+defaultListen+" when systemd passes no socket)")
-	fs.StringVar(&fl.configFile, "config", "", "TOML file with the same settings; re-read on every reload")
-	fs.DurationVar(&fl.DrainTimeout.Duration, "drain-timeout", 30*time.Second, "how long a stopping or replaced generation waits for its connections before closing them")
-	fs.DurationVar(&fl.UpgradeTimeout.Duration, "upgrade-timeout", 10*time.Second, "how long a new generation may take to become ready")
-	fs.DurationVar(&fl.IdleTimeout.Duration, "idle-timeout", 0, "close connections idle this long (0: never)")
-	fs.IntVar(&fl.MaxConns, "max-conns", 0, "most connections served at once; more wait in the kernel backlog (0: no limit)")
-	fs.StringVar(&fl.PIDFile, "pid-file", "", "write the serving generation's pid here (atomically, when it is ready)")
-	fs.StringVar(&fl.Control, "control", defaultConfig().Control, "control socket for 'echod reload' and 'echod status' (default $RUNTIME_DIRECTORY/control.sock under systemd; empty: none)")
-	fs.StringVar(&fl.LogLevel, "log-level", "info", "debug, info, warn or error")
-	fs.BoolVar(&fl.FDStore, "fdstore", false, "keep the listeners echod binds in systemd's fd store (FileDescriptorStoreMax=), so restarts and crashes refuse no connection")
+	fs.SetOutput(out)
+	fs.Var(&listFlag{vals: &c.Listen}, "listen", "address to listen on: host:port, [ipv6]:port, /path or unix:/path; repeatable (default "+defaultListen+" when systemd passes no socket)")
+	fs.StringVar(&c.configFile, "config", c.configFile, "TOML file with the same settings; re-read on every reload")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long a stopping or replaced generation waits for its connections before closing them")
+	fs.DurationVar(&c.UpgradeTimeout, "upgrade-timeout", c.UpgradeTimeout, "how long a new generation may take to become ready")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close connections idle this long (0: never)")
+	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "most connections served at once; more wait in the kernel backlog (0: no limit)")
+	fs.StringVar(&c.PIDFile, "pid-file", c.PIDFile, "file naming the serving generation's pid (written atomically once it is ready)")
+	fs.StringVar(&c.Control, "control", c.Control, "control socket for 'echod reload|status|stop' (default $RUNTIME_DIRECTORY/control.sock under systemd; empty: none)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.BoolVar(&c.FDStore, "fdstore", c.FDStore, "keep the listeners echod binds in systemd's fd store (FileDescriptorStoreMax=), so restarts and crashes refuse no connection")
+	fs.BoolVar(&c.checkOnly, "check-config", false, "validate the flags and the config file as a reload would, then exit (0 valid, 2 invalid)")
+	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: echod [flags]\n       echod reload|status|stop [-control PATH] [-timeout D]\n       echod version\n\nflags:\n")
+		fmt.Fprintf(out, "usage: echod [flags]\n       echod reload|status|stop [-control PATH] [-timeout D]\n       echod version\n\nflags:\n")
 		fs.PrintDefaults()
 	}
+	return fs
+}
+
+// parseConfig reads the command line and the file it names, and validates
+// the result. Errors name the flag, key or value at fault. The flags are
+// parsed twice: once to find -config, then over the file's values.
+func parseConfig(args []string, stderr io.Writer) (config, error) {
+	pre := defaultConfig()
+	if err := flags(&pre, stderr).Parse(args); err != nil {
+		return config{}, err
+	}
+	cfg := defaultConfig()
+	if pre.configFile != "" {
+		if err := readConfigFile(pre.configFile, &cfg); err != nil {
+			return config{}, err
+		}
+	}
+	fs := flags(&cfg, io.Discard)
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-
-	cfg := defaultConfig()
-	cfg.configFile = fl.configFile
-	if cfg.configFile != "" {
-		if err := readConfigFile(cfg.configFile, &cfg); err != nil {
-			return config{}, err
-		}
-	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "listen":
-			cfg.Listen = fl.Listen
-		case "drain-timeout":
-			cfg.DrainTimeout = fl.DrainTimeout
-		case "upgrade-timeout":
-			cfg.UpgradeTimeout = fl.UpgradeTimeout
-		case "idle-timeout":
-			cfg.IdleTimeout = fl.IdleTimeout
-		case "max-conns":
-			cfg.MaxConns = fl.MaxConns
-		case "pid-file":
-			cfg.PIDFile = fl.PIDFile
-		case "control":
-			cfg.Control = fl.Control
-		case "log-level":
-			cfg.LogLevel = fl.LogLevel
-		case "fdstore":
-			cfg.FDStore = fl.FDStore
-		}
-	})
-	if err := cfg.validate(); err != nil {
-		return config{}, err
-	}
-	return cfg, nil
+	return cfg, cfg.validate()
 }
 
-// readConfigFile decodes the TOML file at path over cfg. Unknown keys are
-// an error, so a typo does not pass silently.
+// readConfigFile decodes the TOML file at path over cfg.
 func readConfigFile(path string, cfg *config) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -143,6 +124,8 @@ func readConfigFile(path string, cfg *config) error {
 	return decodeConfig(path, b, cfg)
 }
 
+// decodeConfig decodes b over cfg. Unknown keys are an error, so a typo
+// does not pass silently.
 func decodeConfig(name string, b []byte, cfg *config) error {
 	md, err := toml.Decode(string(b), cfg)
 	if err != nil {
@@ -164,25 +147,24 @@ func (c *config) validate() error {
 	c.specs = nil
 	for _, l := range c.Listen {
 		s, err := handoff.ParseSpec(l)
-		if err != nil {
+		switch {
+		case err != nil:
 			errs = append(errs, fmt.Errorf("listen: %w", err))
-			continue
-		}
-		if seen[s] {
+		case seen[s]:
 			errs = append(errs, fmt.Errorf("listen: %s given twice", l))
-			continue
+		default:
+			seen[s] = true
+			c.specs = append(c.specs, s)
 		}
-		seen[s] = true
-		c.specs = append(c.specs, s)
 	}
-	if c.DrainTimeout.Duration < 0 {
-		errs = append(errs, fmt.Errorf("drain-timeout: %v is negative", c.DrainTimeout.Duration))
-	}
-	if c.UpgradeTimeout.Duration <= 0 {
-		errs = append(errs, fmt.Errorf("upgrade-timeout: %v must be positive", c.UpgradeTimeout.Duration))
-	}
-	if c.IdleTimeout.Duration < 0 {
-		errs = append(errs, fmt.Errorf("idle-timeout: %v is negative", c.IdleTimeout.Duration))
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+		min  time.Duration
+	}{{"drain-timeout", c.DrainTimeout, 0}, {"upgrade-timeout", c.UpgradeTimeout, 1}, {"idle-timeout", c.IdleTimeout, 0}} {
+		if d.v < d.min {
+			errs = append(errs, fmt.Errorf("%s: %v must be %s", d.name, d.v, map[bool]string{true: "positive", false: "zero or more"}[d.min > 0]))
+		}
 	}
 	if c.MaxConns < 0 {
 		errs = append(errs, fmt.Errorf("max-conns: %d is negative", c.MaxConns))
@@ -194,8 +176,9 @@ func (c *config) validate() error {
 			errs = append(errs, fmt.Errorf("control: %s is also a listen address", c.Control))
 		}
 	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
-		errs = append(errs, err)
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("log-level: %q is not debug, info, warn or error", c.LogLevel))
 	}
 	return errors.Join(errs...)
 }

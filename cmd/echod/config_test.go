@@ -1,10 +1,12 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -28,14 +30,14 @@ fdstore = true
 	if got := strings.Join(cfg.Listen, ","); got != "[::1]:2" {
 		t.Errorf("listen = %s, want the flag's [::1]:2 (a flag replaces the file's list)", got)
 	}
-	if cfg.DrainTimeout.Duration != 7*time.Second {
-		t.Errorf("drain-timeout = %v, want the flag's 7s", cfg.DrainTimeout.Duration)
+	if cfg.DrainTimeout != 7*time.Second {
+		t.Errorf("drain-timeout = %v, want the flag's 7s", cfg.DrainTimeout)
 	}
-	if cfg.MaxConns != 10 || cfg.IdleTimeout.Duration != time.Minute || !cfg.FDStore {
-		t.Errorf("file values lost: max-conns %d idle-timeout %v fdstore %v", cfg.MaxConns, cfg.IdleTimeout.Duration, cfg.FDStore)
+	if cfg.MaxConns != 10 || cfg.IdleTimeout != time.Minute || !cfg.FDStore {
+		t.Errorf("file values lost: max-conns %d idle-timeout %v fdstore %v", cfg.MaxConns, cfg.IdleTimeout, cfg.FDStore)
 	}
-	if cfg.UpgradeTimeout.Duration != 10*time.Second {
-		t.Errorf("upgrade-timeout = %v, want the default 10s", cfg.UpgradeTimeout.Duration)
+	if cfg.UpgradeTimeout != 10*time.Second {
+		t.Errorf("upgrade-timeout = %v, want the default 10s", cfg.UpgradeTimeout)
 	}
 }
 
@@ -45,7 +47,7 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.specs) != 0 || cfg.DrainTimeout.Duration != 30*time.Second || cfg.Control != "/run/echod/control.sock" {
+	if len(cfg.specs) != 0 || cfg.DrainTimeout != 30*time.Second || cfg.Control != "/run/echod/control.sock" {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 }
@@ -110,8 +112,20 @@ func TestLoggerTimestamps(t *testing.T) {
 	if !strings.HasPrefix(b.String(), "time=") {
 		t.Errorf("terminal log line %q has no timestamp", b.String())
 	}
+	// Only when stderr really is the journal's stream (device and inode
+	// match, as go-systemd's StderrIsJournalStream checks).
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(os.Stderr.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("JOURNAL_STREAM", "1:1")
 	b.Reset()
-	t.Setenv("JOURNAL_STREAM", "8:12345")
+	newLogger(&b, "info").Info("hello", "gen", 1)
+	if !strings.HasPrefix(b.String(), "time=") {
+		t.Errorf("log line %q has no timestamp though stderr is not the journal", b.String())
+	}
+	t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino))
+	b.Reset()
 	newLogger(&b, "info").Info("hello", "gen", 1)
 	if got := b.String(); got != "level=INFO msg=hello gen=1\n" {
 		t.Errorf("journal log line %q, want no timestamp", got)

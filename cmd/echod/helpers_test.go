@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/echod/echod/handoff/control"
 	"io"
 	"net"
 	"os"
@@ -242,7 +243,7 @@ func (in *instance) readyPID(gen int) int {
 func (in *instance) reload() (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	return controlRequest(ctx, in.control, "reload")
+	return control.Request(ctx, in.control, "reload")
 }
 
 // waitExit waits until process pid has exited (pidfd readable).
@@ -330,6 +331,22 @@ func fdTargets(t testing.TB, pid int) []string {
 }
 
 func fdCount(t testing.TB, pid int) int { return len(fdTargets(t, pid)) }
+
+// settledFDCount returns pid's fd count once tableflip has closed its end
+// of the pipe that told it the previous generation exited (fd 4, closed by
+// a goroutine of its own just after that exit, with nothing to wait on):
+// polled through /proc, bounded.
+func settledFDCount(t testing.TB, pid int) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/4", pid))
+		if err != nil || time.Now().After(deadline) {
+			return fdCount(t, pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
 
 // echoConn is a client connection that checks every echo byte for byte.
 type echoConn struct {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/echod/echod/handoff/control"
 	mrand "math/rand/v2"
 	"net"
 	"os"
@@ -176,7 +177,7 @@ func (u *unitUnderTest) servingPID(t testing.TB) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := controlRequest(ctx, u.control(), "status")
+	s, err := control.Request(ctx, u.control(), "status")
 	if err != nil {
 		t.Fatalf("status: %v\n%s", err, u.log(t))
 	}

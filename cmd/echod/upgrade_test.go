@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/echod/echod/handoff/control"
 	"net"
 	"os"
 	"os/exec"
@@ -39,7 +40,7 @@ func (in *instance) status(t *testing.T) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := controlRequest(ctx, in.control, "status")
+	s, err := control.Request(ctx, in.control, "status")
 	if err != nil {
 		t.Fatalf("status: %v", err)
 	}
@@ -272,7 +273,7 @@ func TestDrainTimeoutClosesTheRest(t *testing.T) {
 		conns = append(conns, c)
 	}
 	in.cmd.Process.Signal(syscall.SIGTERM)
-	in.log.waitFor(t, 10*time.Second, "drain timeout line", contains("drain timeout", "closed=3"))
+	in.log.waitFor(t, 10*time.Second, "drain timeout line", contains("drain timeout", `closed="3 connections"`))
 	if err := in.cmd.Wait(); err != nil {
 		t.Fatalf("exit after drain timeout: %v, want 0", err)
 	}

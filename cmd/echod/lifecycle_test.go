@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestSecondSIGTERMForcesStop: a SIGTERM starts a drain bounded by
+// -drain-timeout; a second one during it closes the open connections at
+// once, and the process exits non-zero, saying so.
+func TestSecondSIGTERMForcesStop(t *testing.T) {
+	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "5m")
+	c := mustEcho(t, "tcp", in.addrs[0], 10)
+	defer c.Close()
+	in.cmd.Process.Signal(syscall.SIGTERM)
+	in.log.waitFor(t, 10*time.Second, "draining", contains("msg=draining", "gen=1 "))
+	if err := c.roundTrip(100); err != nil {
+		t.Fatalf("connection during the drain: %v", err)
+	}
+	in.cmd.Process.Signal(syscall.SIGTERM)
+	in.log.waitFor(t, 10*time.Second, "forced stop", contains("forced stop", `closed="1 connections"`))
+	done := make(chan error, 1)
+	go func() { done <- in.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if ee, ok := err.(interface{ ExitCode() int }); !ok || ee.ExitCode() != 1 {
+			t.Fatalf("exit after a forced stop: %v, want status 1", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still running 10s after the second SIGTERM (drain timeout 5m)")
+	}
+	if err := c.roundTrip(10); err == nil {
+		t.Fatal("the connection still echoes after the forced stop")
+	}
+}
+
+// TestSIGHUPToDrainingGeneration: a SIGHUP that reaches a generation
+// already replaced (still draining a connection) is passed on to the
+// generation that serves, which reloads.
+func TestSIGHUPToDrainingGeneration(t *testing.T) {
+	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0")
+	c := mustEcho(t, "tcp", in.addrs[0], 10) // keeps generation 1 draining
+	defer c.Close()
+	pid1 := in.cmd.Process.Pid
+	if _, err := in.reload(); err != nil {
+		t.Fatal(err)
+	}
+	in.readyPID(2)
+	in.log.waitFor(t, 10*time.Second, "generation 1 draining", contains("msg=draining", "gen=1 "))
+	if err := syscall.Kill(pid1, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	in.log.waitFor(t, 10*time.Second, "generation 1 passing the SIGHUP on", contains("passing it on", "gen=1 "))
+	// Generation 2 queues it until generation 1 has drained (tableflip
+	// upgrades only once the previous generation exited).
+	in.log.waitFor(t, 10*time.Second, "generation 2 queueing the reload", contains("upgrade waits for the previous generation", "gen=2 "))
+	if err := c.roundTrip(100); err != nil {
+		t.Fatalf("generation 1's connection: %v", err)
+	}
+	c.Close()
+	if pid3 := in.readyPID(3); pid3 == pid1 {
+		t.Fatal("generation 3 has generation 1's pid")
+	}
+}
+
+// TestNoHandOffStateInEnvironment: the generations speak over their
+// channel; nothing of the hand-over is in a new generation's environment
+// (as the kernel shows it in /proc/PID/environ, set at exec).
+func TestNoHandOffStateInEnvironment(t *testing.T) {
+	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0")
+	if _, err := in.reload(); err != nil {
+		t.Fatal(err)
+	}
+	pid2 := in.readyPID(2)
+	env, err := os.ReadFile("/proc/" + strconv.Itoa(pid2) + "/environ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range bytes.Split(env, []byte{0}) {
+		if bytes.HasPrefix(kv, []byte("ECHOD_")) || bytes.HasPrefix(kv, []byte("LISTEN_")) {
+			t.Errorf("generation 2 (pid %d) was exec'd with %s", pid2, kv)
+		}
+	}
+	if s := in.status(t); !bytes.Contains([]byte(s), []byte(fmt.Sprintf("generation 2 pid %d", pid2))) {
+		t.Fatalf("status %q, want generation 2 pid %d", s, pid2)
+	}
+}

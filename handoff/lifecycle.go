@@ -1,0 +1,508 @@
+//go:build linux
+
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/echod/echod/handoff/control"
+	"github.com/echod/echod/systemd"
+)
+
+// Server is what [Run] serves on a generation's listeners: *daemon.Server
+// and *net/http.Server both are one. Serve is called once per listener,
+// only after the generation is ready; Shutdown drains; Close is the hard
+// stop after the drain timeout or a forced stop.
+type Server interface {
+	Serve(l net.Listener) error
+	Shutdown(ctx context.Context) error
+	Close() error
+}
+
+// Config configures [Run].
+type Config struct {
+	// Options configure the generation. Run adds its own Hooks (the
+	// systemd hand-over) and calls those given here after its own.
+	Options
+	// Listen are the configured addresses; Fallback is used when Listen
+	// is empty and systemd passed no socket (see Generation.Listeners).
+	Listen, Fallback []Spec
+	// Control is the path of the control socket (package control):
+	// reload, status and stop requests with truthful answers, for
+	// ExecReload= and ExecStop=. Empty: none.
+	Control string
+	// DrainTimeout bounds the drain of a replaced or stopping generation;
+	// then its remaining connections are closed. Zero means 30s.
+	DrainTimeout time.Duration
+	// Signals delivers the signals the program asked for with
+	// signal.Notify (Run never calls it): SIGHUP reloads, SIGTERM and
+	// SIGINT stop; one more SIGTERM or SIGINT during the drain forces
+	// the stop. Nil: no signals.
+	Signals <-chan os.Signal
+	// Systemd is told READY, RELOADING, MAINPID of the new generation
+	// (then BARRIER, before this one may exit), STATUS, STOPPING and
+	// WATCHDOG. Nil or disabled: not under systemd.
+	Systemd *systemd.Notifier
+	// NewServer builds this generation's server once its listeners are
+	// taken and before it is ready. An error fails the upgrade with that
+	// reason (the previous generation keeps serving). Required.
+	NewServer func(g *Generation, ls []*Listener) (Server, error)
+	// Status, if set, adds to the status line (STATUS= and the control
+	// socket's status), for example the open connections.
+	Status func() string
+	// Version names the build in the status line.
+	Version string
+}
+
+// ErrForced is returned by Run when a second stop request (SIGTERM,
+// SIGINT or a control "stop") came during the drain: the connections still
+// open were closed without waiting.
+var ErrForced = errors.New("handoff: stop forced during the drain: open connections were closed")
+
+// Run runs this process's generation of the daemon from start to exit:
+// it takes the listeners, builds the server, becomes ready and only then
+// serves; it handles reload and stop requests (signals, the control
+// socket, ctx) and upgrades one at a time; once replaced or stopped it
+// drains and returns. It returns nil after a clean exit, ErrForced after a
+// forced stop, or the reason this generation could not start (reported to
+// the previous generation, which keeps serving).
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.NewServer == nil {
+		return errors.New("handoff: Run: Config.NewServer is required")
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	r := &runner{cfg: cfg, stopReq: make(chan struct{}, 1)}
+	opts := cfg.Options
+	opts.Hooks = Hooks{Starting: r.upgradeStarting, Succeeded: r.upgradeSucceeded, Failed: r.upgradeFailed}
+	g, err := New(opts)
+	if err != nil {
+		return err
+	}
+	r.g = g
+	r.log = cfg.Logger.With("gen", g.Number(), "pid", os.Getpid())
+	g.SetLogger(r.log)
+	r.log.Info("starting", "version", cfg.Version, "inherited", g.HasParent(), "protocol", g.Protocol())
+	if err := r.start(); err != nil {
+		g.Fail(err)
+		g.Stop()
+		return err
+	}
+	return r.loop(ctx)
+}
+
+// phase is where a running generation stands.
+type phase int
+
+const (
+	phaseServing  phase = iota
+	phaseStopping       // asked to stop: draining
+	phaseReplaced       // a new generation serves: draining
+)
+
+func (p phase) String() string {
+	return [...]string{"serving", "stopping", "replaced"}[p]
+}
+
+// runner is one generation run by Run. Its loop goroutine owns the phase;
+// the fields under mu are read by control requests.
+type runner struct {
+	cfg Config
+	g   *Generation
+	log *slog.Logger
+	srv Server
+	ctl *control.Server
+	ls  []*Listener
+
+	serving  sync.WaitGroup // Serve goroutines
+	upgrades sync.WaitGroup // SIGHUP upgrades
+	stopReq  chan struct{}  // a control "stop"
+
+	mu      sync.Mutex
+	phase   phase
+	lastErr string
+	done    int // upgrades that succeeded from this generation (0 or 1)
+	failed  int
+}
+
+// start takes the listeners, builds the server, becomes ready, and only
+// then serves: a generation that fails before ready has taken no
+// connection from the shared accept queues.
+func (r *runner) start() error {
+	ls, err := r.g.Listeners(r.cfg.Listen, r.cfg.Fallback)
+	if err != nil {
+		return err
+	}
+	r.ls = ls
+	for _, l := range ls {
+		r.log.Info("listener", "name", l.Name, "addr", l.Addr().String(), "origin", l.Origin.String(), "inherited", l.Inherited, "stored", l.Stored, "restored", l.Restored)
+	}
+	var ctlLn net.Listener
+	if r.cfg.Control != "" {
+		cl, err := r.g.ListenFunc(Spec{Network: "unix", Address: r.cfg.Control}, func(s Spec) (net.Listener, error) {
+			return control.Listen(s.Address)
+		})
+		if err != nil {
+			closeAll(ls)
+			return fmt.Errorf("control socket: %w", err)
+		}
+		ctlLn = cl
+	}
+	srv, err := r.cfg.NewServer(r.g, ls)
+	if err != nil {
+		closeAll(ls)
+		if ctlLn != nil {
+			ctlLn.Close()
+		}
+		return err
+	}
+	r.srv = srv
+	if err := r.g.Ready(); err != nil {
+		closeAll(ls)
+		if ctlLn != nil {
+			ctlLn.Close()
+		}
+		return err
+	}
+	for _, l := range ls {
+		r.serving.Add(1)
+		go func() {
+			defer r.serving.Done()
+			if err := srv.Serve(l.Listener); err != nil && r.currentPhase() == phaseServing {
+				r.log.Error("listener failed", "name", l.Name, "err", err)
+			}
+		}()
+	}
+	// Control requests only once ready: before, the previous generation
+	// (which shares the control socket) answers them.
+	if ctlLn != nil {
+		r.ctl = control.NewServer(control.HandlerFunc(r.control), r.log)
+		r.serving.Add(1)
+		go func() {
+			defer r.serving.Done()
+			if err := r.ctl.Serve(ctlLn); err != nil && r.currentPhase() == phaseServing {
+				r.log.Error("control socket failed", "err", err)
+			}
+		}()
+	}
+	r.log.Info("ready", "listeners", len(ls))
+	r.notify(systemd.Ready, systemd.Status(r.status()))
+	return nil
+}
+
+func closeAll(ls []*Listener) {
+	for _, l := range ls {
+		l.Close()
+	}
+}
+
+func (r *runner) currentPhase() phase {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.phase
+}
+
+// loop handles requests until the generation is replaced or stopped, then
+// drains.
+func (r *runner) loop(ctx context.Context) error {
+	var wdC <-chan time.Time
+	if wd, err := systemd.WatchdogInterval(r.g.HasParent()); err != nil {
+		r.log.Warn("watchdog disabled", "err", err)
+	} else if wd > 0 && r.cfg.Systemd.Enabled() {
+		t := time.NewTicker(wd)
+		defer t.Stop()
+		wdC = t.C
+		r.notify(systemd.Watchdog)
+	}
+	statusT := time.NewTicker(5 * time.Second)
+	defer statusT.Stop()
+
+	next := phaseServing
+wait:
+	for {
+		select {
+		case sig := <-r.cfg.Signals:
+			if sig == syscall.SIGHUP {
+				r.upgrades.Add(1)
+				go func() {
+					defer r.upgrades.Done()
+					r.reloadSignal()
+				}()
+				continue
+			}
+			r.log.Info("stopping", "signal", sig.String())
+			next = phaseStopping
+			break wait
+		case <-r.stopReq:
+			r.log.Info("stopping", "request", "control socket")
+			next = phaseStopping
+			break wait
+		case <-ctx.Done():
+			r.log.Info("stopping", "reason", ctx.Err())
+			next = phaseStopping
+			break wait
+		case <-r.g.Exit():
+			next = phaseReplaced
+			break wait
+		case <-wdC:
+			r.notify(systemd.Watchdog)
+		case <-statusT.C:
+			r.notify(systemd.Status(r.status()))
+		}
+	}
+	r.mu.Lock()
+	r.phase = next
+	r.mu.Unlock()
+	if r.ctl != nil {
+		r.ctl.StopAccepting()
+	}
+	if next == phaseStopping {
+		r.notify(systemd.Stopping, systemd.Status(r.status()))
+		// Before draining: cancel an upgrade in flight (its process is
+		// killed) and answer queued requests, so a stop is a stop.
+		r.g.Stop()
+		if succ := r.g.Successor(); succ.PID > 0 {
+			// The upgrade completed just as the stop came: stop the new
+			// generation too.
+			r.log.Info("stopping the new generation too", "pid", succ.PID)
+			if err := syscall.Kill(succ.PID, syscall.SIGTERM); err != nil {
+				r.log.Warn("cannot stop the new generation", "pid", succ.PID, "err", err)
+			}
+		}
+	}
+	forced := r.drain(next)
+	r.upgrades.Wait()
+	if next == phaseStopping {
+		r.waitParent()
+	}
+	r.g.Stop()
+	if r.ctl != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := r.ctl.Shutdown(sctx); err != nil {
+			r.ctl.Close()
+		}
+		cancel()
+	}
+	r.serving.Wait()
+	if next == phaseStopping {
+		r.removePIDFile()
+	}
+	r.log.Info("exiting", "replaced", next == phaseReplaced, "forced", forced)
+	if forced {
+		return ErrForced
+	}
+	return nil
+}
+
+// drain stops accepting and waits for the open connections, up to the
+// drain timeout, then closes the rest. Requests go on being handled
+// meanwhile: a SIGHUP goes to the generation that serves now; one more
+// stop request forces the stop. It reports whether the stop was forced.
+func (r *runner) drain(p phase) bool {
+	var open string
+	if r.cfg.Status != nil {
+		open = r.cfg.Status()
+	}
+	r.log.Info("draining", "timeout", r.cfg.DrainTimeout, "why", p.String(), "connections", open)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.DrainTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.srv.Shutdown(ctx) }()
+	forced := false
+	stops := 0
+	if p == phaseStopping {
+		stops = 1 // the request that started this drain
+	}
+	force := func(why string) {
+		stops++
+		if stops < 2 {
+			r.log.Info("stop requested while draining: the drain goes on; ask again to force", "request", why)
+			return
+		}
+		if !forced {
+			r.log.Warn("stop forced: closing the open connections", "request", why)
+			forced = true
+			cancel()
+		}
+	}
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				var left string
+				if r.cfg.Status != nil {
+					left = r.cfg.Status()
+				}
+				r.srv.Close()
+				msg := "drain timeout: closed the connections still open"
+				if forced {
+					msg = "forced stop: closed the connections still open"
+				}
+				r.log.Warn(msg, "closed", left, "took", time.Since(start).Round(time.Millisecond))
+			} else {
+				r.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+			}
+			return forced
+		case sig := <-r.cfg.Signals:
+			if sig != syscall.SIGHUP {
+				force(sig.String())
+				continue
+			}
+			if succ := r.g.Successor(); succ.PID > 0 {
+				r.passOn(succ)
+			} else {
+				r.log.Warn("SIGHUP ignored: this generation is stopping")
+			}
+		case <-r.stopReq:
+			force("control socket")
+		}
+	}
+}
+
+// waitParent waits, on final stop, for a previous generation that is still
+// draining, so the main process exits last and a synchronous stop returns
+// when every generation is gone; bounded by the drain timeout (the
+// previous generation's own bound) plus a margin.
+func (r *runner) waitParent() {
+	if !r.g.HasParent() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.DrainTimeout+5*time.Second)
+	defer cancel()
+	if err := r.g.WaitForParent(ctx); err != nil {
+		r.log.Warn("previous generation still running at exit", "err", err)
+	}
+}
+
+// reloadSignal runs a SIGHUP's upgrade. One that reached this generation
+// after it was replaced (or while its successor was starting) is passed on
+// to the new generation, so no reload is lost.
+func (r *runner) reloadSignal() {
+	res, err := r.g.Upgrade(context.Background())
+	if errors.Is(err, ErrUpgraded) && res.PID > 0 {
+		r.passOn(res)
+	}
+}
+
+func (r *runner) passOn(res Result) {
+	r.log.Info("SIGHUP came after this generation was replaced: passing it on", "pid", res.PID)
+	if err := syscall.Kill(res.PID, syscall.SIGHUP); err != nil {
+		r.log.Warn("cannot pass the SIGHUP on", "pid", res.PID, "err", err)
+	}
+}
+
+// control answers a control-socket request.
+func (r *runner) control(ctx context.Context, cmd string) control.Reply {
+	switch cmd {
+	case "reload":
+		res, err := r.g.Upgrade(ctx)
+		switch {
+		case errors.Is(err, ErrUpgraded):
+			return control.Reply{Kind: control.Retry, Text: fmt.Sprintf("generation %d (pid %d) serves now", res.Generation, res.PID)}
+		case errors.Is(err, ErrNotReady):
+			return control.Reply{Kind: control.Retry, Text: "this generation is not ready yet"}
+		case errors.Is(err, ErrStopped):
+			return control.Reply{Kind: control.Error, Text: "stopping: no reload"}
+		case err != nil:
+			return control.Reply{Kind: control.Error, Text: err.Error()}
+		}
+		return control.Reply{Kind: control.OK, Text: fmt.Sprintf("pid=%d generation=%d", res.PID, res.Generation)}
+	case "status":
+		return control.Reply{Kind: control.OK, Text: r.status()}
+	case "stop":
+		select {
+		case r.stopReq <- struct{}{}:
+		default: // already asked
+		}
+		return control.Reply{Kind: control.OK, Text: "pid=" + strconv.Itoa(os.Getpid())}
+	}
+	return control.Reply{Kind: control.Error, Text: fmt.Sprintf("unknown command %q (want reload, status or stop)", cmd)}
+}
+
+// status is the one-line summary for STATUS= and the status request.
+func (r *runner) status() string {
+	r.mu.Lock()
+	p, lastErr, failed := r.phase, r.lastErr, r.failed
+	r.mu.Unlock()
+	var b strings.Builder
+	fmt.Fprintf(&b, "generation %d pid %d version %s: %s, %d listeners", r.g.Number(), os.Getpid(), r.cfg.Version, p, len(r.ls))
+	if r.cfg.Status != nil {
+		b.WriteString(", " + r.cfg.Status())
+	}
+	if failed > 0 {
+		fmt.Fprintf(&b, "; %d failed reloads", failed)
+	}
+	if lastErr != "" {
+		b.WriteString("; last reload failed: " + lastErr)
+	}
+	return b.String()
+}
+
+func (r *runner) upgradeStarting() {
+	r.notify(systemd.Reloading, systemd.Status(fmt.Sprintf("reloading: starting generation %d", r.g.Number()+1)))
+	if h := r.cfg.Hooks.Starting; h != nil {
+		h()
+	}
+}
+
+// upgradeSucceeded hands the main pid to the new generation and waits until
+// systemd has taken it: only then may this generation exit.
+func (r *runner) upgradeSucceeded(res Result) {
+	r.mu.Lock()
+	r.lastErr = ""
+	r.done++
+	r.mu.Unlock()
+	if r.cfg.Systemd.Enabled() && res.PID > 0 {
+		r.notify(systemd.MainPID(res.PID), systemd.Ready)
+		if _, err := r.cfg.Systemd.Barrier(5 * time.Second); err != nil {
+			r.log.Warn("systemd did not confirm the new main pid", "new_pid", res.PID, "err", err)
+		}
+	}
+	if h := r.cfg.Hooks.Succeeded; h != nil {
+		h(res)
+	}
+}
+
+func (r *runner) upgradeFailed(err error) {
+	r.mu.Lock()
+	r.lastErr = oneLine(err.Error())
+	r.failed++
+	r.mu.Unlock()
+	r.notify(systemd.Ready, systemd.Status(r.status()))
+	if h := r.cfg.Hooks.Failed; h != nil {
+		h(err)
+	}
+}
+
+func (r *runner) notify(lines ...string) {
+	if _, err := r.cfg.Systemd.Notify(lines...); err != nil {
+		r.log.Warn("systemd notify failed", "err", err)
+	}
+}
+
+// removePIDFile removes the PID file on final stop if it still names this
+// process.
+func (r *runner) removePIDFile() {
+	if r.cfg.PIDFile == "" {
+		return
+	}
+	b, err := os.ReadFile(r.cfg.PIDFile)
+	if err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+		os.Remove(r.cfg.PIDFile)
+	}
+}
