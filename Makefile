@@ -30,7 +30,8 @@ check: test ## alias of test
 
 FUZZ_TARGETS := ./handoff:FuzzParseSpec ./handoff:FuzzStoreName ./systemd:FuzzParseListenEnv \
 	./systemd:FuzzStatus ./systemd:FuzzCheckState ./systemd:FuzzParseWatchdog ./cmd/echod:FuzzDecodeConfig \
-	./cmd/echoload/load:FuzzVerifyEcho
+	./cmd/echoload/load:FuzzVerifyEcho ./handoff:FuzzDecodeMessage ./handoff/control:FuzzParseRequest \
+	./handoff/control:FuzzParseReply
 FUZZTIME ?= 30s
 
 fuzz: ## run every fuzz target for FUZZTIME (default 30s) each

@@ -15,8 +15,7 @@ import (
 	"github.com/echod/echod/handoff"
 )
 
-// defaultListen is where echod listens when nothing else is configured and
-// systemd passed no socket.
+// defaultListen serves when nothing is configured and systemd passed no socket.
 const defaultListen = "127.0.0.1:7007"
 
 // config is echod's configuration. Every field is a flag and a key of the
@@ -32,47 +31,31 @@ type config struct {
 	LogLevel       string        `toml:"log-level"`
 	FDStore        bool          `toml:"fdstore"`
 
-	configFile  string
-	specs       []handoff.Spec
-	checkOnly   bool // -check-config
-	showVersion bool // -version
+	configFile             string
+	specs                  []handoff.Spec
+	checkOnly, showVersion bool // -check-config, -version
 }
 
 func defaultConfig() config {
 	c := config{DrainTimeout: 30 * time.Second, UpgradeTimeout: 10 * time.Second, LogLevel: "info"}
-	if rd := os.Getenv("RUNTIME_DIRECTORY"); rd != "" {
-		// systemd's RuntimeDirectory=; the first one if several.
-		c.Control = strings.SplitN(rd, ":", 2)[0] + "/control.sock"
+	if rd, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); rd != "" { // systemd's, the first if several
+		c.Control = rd + "/control.sock"
 	}
 	return c
-}
-
-// listFlag is a repeatable flag whose first use replaces the list.
-type listFlag struct {
-	vals *[]string
-	set  bool
-}
-
-func (l *listFlag) String() string {
-	if l == nil || l.vals == nil {
-		return ""
-	}
-	return strings.Join(*l.vals, ",")
-}
-
-func (l *listFlag) Set(s string) error {
-	if !l.set {
-		*l.vals, l.set = nil, true
-	}
-	*l.vals = append(*l.vals, s)
-	return nil
 }
 
 // flags binds every flag to c, with c's values as defaults.
 func flags(c *config, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("echod", flag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.Var(&listFlag{vals: &c.Listen}, "listen", "address to listen on: host:port, [ipv6]:port, /path or unix:/path; repeatable (default "+defaultListen+" when systemd passes no socket)")
+	fromFile := true // the first -listen replaces the file's list
+	fs.Func("listen", "address to listen on: host:port, [ipv6]:port, /path or unix:/path; repeatable (default "+defaultListen+" when systemd passes no socket)", func(s string) error {
+		if fromFile {
+			c.Listen, fromFile = nil, false
+		}
+		c.Listen = append(c.Listen, s)
+		return nil
+	})
 	fs.StringVar(&c.configFile, "config", c.configFile, "TOML file with the same settings; re-read on every reload")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long a stopping or replaced generation waits for its connections before closing them")
 	fs.DurationVar(&c.UpgradeTimeout, "upgrade-timeout", c.UpgradeTimeout, "how long a new generation may take to become ready")
@@ -101,7 +84,11 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	}
 	cfg := defaultConfig()
 	if pre.configFile != "" {
-		if err := readConfigFile(pre.configFile, &cfg); err != nil {
+		b, err := os.ReadFile(pre.configFile)
+		if err != nil {
+			return config{}, fmt.Errorf("config: %w", err)
+		}
+		if err := decodeConfig(pre.configFile, b, &cfg); err != nil {
 			return config{}, err
 		}
 	}
@@ -113,15 +100,6 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	return cfg, cfg.validate()
-}
-
-// readConfigFile decodes the TOML file at path over cfg.
-func readConfigFile(path string, cfg *config) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	return decodeConfig(path, b, cfg)
 }
 
 // decodeConfig decodes b over cfg. Unknown keys are an error, so a typo
@@ -157,14 +135,11 @@ func (c *config) validate() error {
 			c.specs = append(c.specs, s)
 		}
 	}
-	for _, d := range []struct {
-		name string
-		v    time.Duration
-		min  time.Duration
-	}{{"drain-timeout", c.DrainTimeout, 0}, {"upgrade-timeout", c.UpgradeTimeout, 1}, {"idle-timeout", c.IdleTimeout, 0}} {
-		if d.v < d.min {
-			errs = append(errs, fmt.Errorf("%s: %v must be %s", d.name, d.v, map[bool]string{true: "positive", false: "zero or more"}[d.min > 0]))
-		}
+	if c.DrainTimeout < 0 || c.IdleTimeout < 0 {
+		errs = append(errs, fmt.Errorf("drain-timeout %v, idle-timeout %v: must be zero or more", c.DrainTimeout, c.IdleTimeout))
+	}
+	if c.UpgradeTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("upgrade-timeout: %v must be positive", c.UpgradeTimeout))
 	}
 	if c.MaxConns < 0 {
 		errs = append(errs, fmt.Errorf("max-conns: %d is negative", c.MaxConns))

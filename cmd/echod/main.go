@@ -1,19 +1,9 @@
 // Command echod is an echo daemon that reloads and upgrades in place
-// without refusing, resetting or corrupting a connection.
-//
-//	echod [flags]                 serve (see echod -h)
-//	echod reload [-control PATH]  ask the running daemon to reload; returns
-//	                              when the new generation serves, non-zero
-//	                              with the reason when the reload failed
-//	echod status [-control PATH]  print the running generation's status
-//	echod stop [-control PATH]    stop after draining; returns when the
-//	                              daemon has exited (for ExecStop=)
-//	echod version                 print the version (also: echod -version)
-//
-// SIGHUP reloads (the binary at the same path is exec'd afresh with the same
-// listening sockets), SIGTERM and SIGINT stop after draining; a second one
-// during the drain forces the stop. The lifecycle is package handoff's
-// (handoff.Run); this command only wires flags, configuration and exit codes.
+// without refusing, resetting or corrupting a connection: SIGHUP or
+// "echod reload" execs the binary at the same path afresh with the same
+// sockets; SIGTERM, SIGINT or "echod stop" drain and exit (a second one
+// forces). The lifecycle is handoff.Run's; this command wires flags,
+// configuration and exit codes. Usage: echod -h.
 package main
 
 import (
@@ -26,7 +16,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -48,30 +37,22 @@ func main() {
 // run returns the process exit status: 0, 1 (failed at run time or forced
 // stop) or 2 (bad command line or configuration).
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		switch args[0] {
-		case "version":
-			fmt.Fprintln(stdout, version)
-			return 0
-		case "reload", "status", "stop":
-			return runClient(args[0], args[1:], stdout, stderr)
-		}
+	if len(args) > 0 && (args[0] == "reload" || args[0] == "status" || args[0] == "stop") {
+		return runClient(args[0], args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "version" {
+		args = []string{"-version"}
 	}
 	cfg, err := parseConfig(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	switch {
+	case errors.Is(err, flag.ErrHelp):
 		return 0
-	}
-	if err != nil {
+	case err != nil:
 		handoff.ReportFailure(err)
 		fmt.Fprintf(stderr, "echod: %v\n", err)
 		return 2
-	}
-	switch {
-	case cfg.showVersion:
-		fmt.Fprintln(stdout, version)
-		return 0
-	case cfg.checkOnly:
-		fmt.Fprintln(stdout, "echod: configuration ok")
+	case cfg.showVersion || cfg.checkOnly:
+		fmt.Fprintln(stdout, map[bool]string{true: version, false: "echod: configuration ok"}[cfg.showVersion])
 		return 0
 	}
 	if err := serve(cfg, stderr); err != nil {
@@ -83,8 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // serve runs this process's generation until it is replaced or stopped.
 func serve(cfg config, stderr io.Writer) error {
-	// Signals first: a SIGHUP that arrives while this generation starts is
-	// kept and served once it is ready.
+	// Signals first: a SIGHUP during start-up is served once ready.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
@@ -101,13 +81,7 @@ func serve(cfg config, stderr io.Writer) error {
 	fallback, _ := handoff.ParseSpec(defaultListen)
 	var srv *daemon.Server
 	return handoff.Run(context.Background(), handoff.Config{
-		Options: handoff.Options{
-			UpgradeTimeout: cfg.UpgradeTimeout,
-			PIDFile:        cfg.PIDFile,
-			Logger:         log,
-			FDStore:        store,
-			Notifier:       notifier,
-		},
+		Options:      handoff.Options{UpgradeTimeout: cfg.UpgradeTimeout, PIDFile: cfg.PIDFile, Logger: log, FDStore: store, Notifier: notifier},
 		Listen:       cfg.specs,
 		Fallback:     []handoff.Spec{fallback},
 		Control:      cfg.Control,
@@ -129,10 +103,7 @@ func runClient(cmd string, args []string, stdout, stderr io.Writer) int {
 	path := fs.String("control", defaultConfig().Control, "control socket of the running echod")
 	timeout := fs.Duration("timeout", 80*time.Second, "give up after this long")
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+		return map[bool]int{true: 0, false: 2}[errors.Is(err, flag.ErrHelp)]
 	}
 	if *path == "" {
 		fmt.Fprintf(stderr, "echod %s: no control socket: give -control PATH (under systemd, RuntimeDirectory= sets it)\n", cmd)
@@ -140,14 +111,7 @@ func runClient(cmd string, args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	ans, err := control.Request(ctx, *path, cmd)
-	if err == nil && cmd == "stop" {
-		// "pid=N": the process that drains last; wait until it is gone.
-		pid, perr := strconv.Atoi(strings.TrimPrefix(ans, "pid="))
-		if err = perr; err == nil {
-			err = control.WaitExit(ctx, pid)
-		}
-	}
+	ans, err := control.Command(ctx, *path, cmd)
 	if err != nil {
 		fmt.Fprintf(stderr, "echod %s: %v\n", cmd, err)
 		return 1

@@ -94,3 +94,22 @@ func requestOnce(ctx context.Context, path, req string) (Reply, error) {
 	}
 	return r, nil
 }
+
+// Command is Request as a command-line client needs it (ExecReload=,
+// ExecStop=): for "stop", whose answer is "pid=N" (the process that exits
+// last), it also waits until that process has exited, so a synchronous
+// stop returns when every generation is gone.
+func Command(ctx context.Context, path, cmd string) (string, error) {
+	ans, err := Request(ctx, path, cmd)
+	if err != nil || cmd != "stop" {
+		return ans, err
+	}
+	var pid int
+	if _, err := fmt.Sscanf(ans, "pid=%d", &pid); err != nil || pid <= 0 {
+		return "", fmt.Errorf("control %s: stop: unexpected answer %q", path, ans)
+	}
+	if err := WaitExit(ctx, pid); err != nil {
+		return "", fmt.Errorf("control %s: stop: %w", path, err)
+	}
+	return ans, nil
+}
