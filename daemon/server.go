@@ -183,8 +183,7 @@ func (s *Server) serveConn(c net.Conn) {
 // connDone closes c once its handler returned and gives back its slot.
 func (s *Server) connDone(c net.Conn) {
 	c.Close()
-	s.finished.Add(1)
-	s.trackConn(c, false)
+	s.trackConn(c, false) // counts it closed
 	s.gate.release()
 }
 
@@ -277,6 +276,9 @@ func (s *Server) trackConn(c net.Conn, add bool) bool {
 	if s.conns != nil {
 		delete(s.conns, c)
 	}
+	// Counted under the lock and before Done: whoever sees Active shrink,
+	// or Shutdown return, sees Closed grow.
+	s.finished.Add(1)
 	s.connWG.Done()
 	return true
 }

@@ -1,39 +1,53 @@
 // Package handoff runs a daemon as a chain of generations that hand their
 // listening sockets to each other, so the daemon can be reloaded or
-// upgraded in place without refusing a connection.
+// upgraded in place without refusing a connection. Linux only: on other
+// systems the package holds just [ParseSpec] and [Spec].
 //
-// It wraps github.com/cloudflare/tableflip. A [Generation] is one process
-// of the daemon:
+// [Run] is the whole lifecycle, for any server with Serve(net.Listener),
+// Shutdown(ctx) and Close() (package daemon's, or net/http's): it takes the
+// listeners, builds the server, becomes ready and only then serves; it
+// turns SIGHUP and control-socket requests (package control) into
+// upgrades, one at a time; it tells systemd (RELOADING, then MAINPID of the
+// new generation + READY + BARRIER, or READY + STATUS on failure); once
+// replaced or stopped it drains, and a second stop request forces it.
 //
-//  1. [New] starts it. If it was exec'd by an earlier generation, it holds
-//     the sockets that generation passed on.
+// Underneath, a [Generation] is one process of the daemon, over
+// github.com/cloudflare/tableflip:
+//
+//  1. [New] starts it. If it was exec'd by an earlier generation, it reads
+//     what that generation passed over their channel (see the protocol in
+//     proto.go) and greets it.
 //  2. [Generation.Listeners] takes the listening sockets in this order:
 //     inherited from the previous generation, then passed by systemd socket
 //     activation (first generation only), then — with Options.FDStore — kept
 //     for it in systemd's fd store, then bound from the configured [Spec]s.
 //     Every socket is registered, so the next generation gets the very same
 //     socket (same inode, same accept queue).
-//  3. [Generation.Ready] tells the previous generation that this one serves.
-//     Inherited sockets nobody claimed are closed then.
-//  4. [Generation.Upgrade] execs the binary at the daemon's path afresh and
-//     waits until the new generation is ready or has failed. Requests are
-//     queued and carried out one at a time: while an upgrade is in flight,
-//     or while the previous generation is still draining (tableflip refuses
-//     to upgrade until it has exited), a request waits instead of failing.
-//     A failed upgrade leaves this generation serving; the new generation's
-//     own reason ([Generation.Fail]) is part of the error.
+//  3. [Generation.Ready] is the commit: the previous generation is told,
+//     stops accepting and drains. Inherited sockets nobody claimed are
+//     closed then. Serve only after it returned nil.
+//  4. [Generation.Upgrade] execs the binary at the daemon's path afresh,
+//     with a new channel, and waits until the new generation is ready or
+//     has failed. Requests are queued and carried out one at a time: while
+//     an upgrade is in flight, or while the previous generation is still
+//     draining (tableflip refuses to upgrade until it has exited), a
+//     request waits instead of failing. A failed upgrade leaves this
+//     generation serving; the new generation's own reason
+//     ([Generation.Fail]) is part of the error. A binary of a release that
+//     does not speak this release's protocol is refused before the exec
+//     ([ErrIncompatible]).
 //  5. After a successful upgrade [Generation.Exit] is closed: stop
-//     accepting, drain and exit. Draining is the caller's job.
+//     accepting, drain and exit.
 //
 // With Options.FDStore the listeners this daemon binds are also handed to
 // systemd's file descriptor store ([StoreName] names them), so they outlive
 // the process across systemctl restart and crashes; listeners no longer
 // configured are removed from the store.
 //
-// A new generation learns its number, the systemd sockets it inherits and
-// where to report its pid or its failure from the ECHOD_HANDOFF environment
-// variable, which it removes at once.
+// Nothing of the hand-over is in the environment: generations speak over
+// a socketpair made for each upgrade (systemd's LISTEN_* and NOTIFY_SOCKET
+// aside, and tableflip's own marker variable).
 //
-// The package never calls signal.Notify or os.Exit; the program decides how
-// requests arrive (SIGHUP, a control socket) and when to exit.
+// The package never calls signal.Notify or os.Exit; the program passes the
+// signals it asked for to Run and decides how to exit.
 package handoff

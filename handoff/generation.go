@@ -1,3 +1,5 @@
+//go:build linux
+
 package handoff
 
 import (
@@ -225,6 +227,10 @@ func oneLine(s string) string {
 	}, s)
 }
 
+// beforeCommit, set only by tests (export_test.go), runs in Ready just
+// before the commit.
+var beforeCommit func(*Generation)
+
 // ErrFailed is wrapped by Ready after Fail or a failed Ready: the
 // generation never serves and must exit.
 var ErrFailed = errors.New("handoff: this generation failed to become ready")
@@ -254,6 +260,9 @@ func (g *Generation) Ready() error {
 	}
 	stored := append([]string(nil), g.stored...)
 	g.mu.Unlock()
+	if beforeCommit != nil {
+		beforeCommit(g)
+	}
 	if err := g.commit(stored); err != nil {
 		g.mu.Lock()
 		g.state, g.readyErr = failedReady, err

@@ -94,6 +94,8 @@ func TestHelperDaemon(t *testing.T) {
 		runDaemon()
 	case "pidfile":
 		runPIDFileDaemon()
+	case "run":
+		runLifecycleDaemon()
 	default:
 		emit("error", "msg=unknown role %q", role)
 		os.Exit(2)
@@ -149,6 +151,11 @@ func runDaemon() {
 			emit("failing", "mode=fail gen=%d", gen.Number())
 			gen.Fail(errors.New(failReason))
 			os.Exit(1)
+		case "lose-report":
+			// The channel to the parent breaks before Ready: the "ready"
+			// report cannot be sent, so this process must not commit.
+			handoff.BreakChannelForTest(gen)
+			emit("failing", "mode=lose-report gen=%d", gen.Number())
 		case "lose-ready":
 			// tableflip's readiness pipe (fd 3) now leads nowhere: this
 			// process believes it is ready, its parent never hears so
@@ -161,6 +168,11 @@ func runDaemon() {
 		}
 	}
 
+	if err := gen.Ready(); err != nil {
+		emit("ready-failed", "gen=%d msg=Ready: %v", gen.Number(), err)
+		os.Exit(1)
+	}
+	// Serve only once ready (see Generation.Ready).
 	var accepting, serving sync.WaitGroup
 	for _, l := range ls {
 		accepting.Go(func() {
@@ -184,10 +196,6 @@ func runDaemon() {
 		accepting.Wait()
 	}
 
-	if err := gen.Ready(); err != nil {
-		emit("error", "msg=Ready: %v", err)
-		os.Exit(1)
-	}
 	emit("ready", "gen=%d addr=%s inherited=%t", gen.Number(), ls[0].Addr(), ls[0].Inherited)
 
 	var upgrading sync.WaitGroup
@@ -330,6 +338,7 @@ type daemonConfig struct {
 	failFile       string
 	pidFile        string
 	upgradeTimeout time.Duration
+	env            []string // more variables for every generation
 }
 
 func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
@@ -365,6 +374,7 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 		pidFileEnv+"="+cfg.pidFile,
 		timeoutEnv+"="+cfg.upgradeTimeout.String(),
 	)
+	cmd.Env = append(cmd.Env, cfg.env...)
 	d := &daemon{
 		t:        t,
 		cmd:      cmd,
@@ -916,8 +926,8 @@ func TestUpgradeQueuedBehindDrainingParent(t *testing.T) {
 		return e.kind == "log" && e.pid == r2.pid && strings.Contains(e.msg, "waits for the previous generation")
 	})
 	d.signal(r2.pid, unix.SIGHUP)
-	d.nextEvent("second SIGHUP taken by generation 2", func(e event) bool {
-		return e.kind == "hup" && e.pid == r2.pid && e.int("n") == 2
+	d.nextEvent("second request queued by generation 2", func(e event) bool {
+		return e.kind == "log" && e.pid == r2.pid && strings.Contains(e.msg, "joins the one waiting") && strings.Contains(e.msg, "waiting=2")
 	})
 	if !d.alive(r1.pid) {
 		t.Fatal("generation 1 exited while the test still holds a connection to it")

@@ -128,9 +128,11 @@ type runner struct {
 	ctl *control.Server
 	ls  []*Listener
 
-	serving  sync.WaitGroup // Serve goroutines
-	upgrades sync.WaitGroup // SIGHUP upgrades
-	stopReq  chan struct{}  // a control "stop"
+	serving   sync.WaitGroup  // Serve goroutines
+	open      sync.WaitGroup  // listeners given to Serve and not closed yet
+	releasedC <-chan struct{} // see released; set by drain
+	upgrades  sync.WaitGroup  // SIGHUP upgrades
+	stopReq   chan struct{}   // a control "stop"
 
 	mu      sync.Mutex
 	phase   phase
@@ -180,9 +182,10 @@ func (r *runner) start() error {
 	}
 	for _, l := range ls {
 		r.serving.Add(1)
+		ln := r.tracked(l.Listener)
 		go func() {
 			defer r.serving.Done()
-			if err := srv.Serve(l.Listener); err != nil && r.currentPhase() == phaseServing {
+			if err := srv.Serve(ln); err != nil && r.currentPhase() == phaseServing {
 				r.log.Error("listener failed", "name", l.Name, "err", err)
 			}
 		}()
@@ -192,9 +195,10 @@ func (r *runner) start() error {
 	if ctlLn != nil {
 		r.ctl = control.NewServer(control.HandlerFunc(r.control), r.log)
 		r.serving.Add(1)
+		ctlLn := ctlLn
 		go func() {
 			defer r.serving.Done()
-			if err := r.ctl.Serve(ctlLn); err != nil && r.currentPhase() == phaseServing {
+			if err := r.ctl.Serve(r.tracked(ctlLn)); err != nil && r.currentPhase() == phaseServing {
 				r.log.Error("control socket failed", "err", err)
 			}
 		}()
@@ -202,6 +206,38 @@ func (r *runner) start() error {
 	r.log.Info("ready", "listeners", len(ls))
 	r.notify(systemd.Ready, systemd.Status(r.status()))
 	return nil
+}
+
+// tracked counts ln among the listeners this generation still holds.
+func (r *runner) tracked(ln net.Listener) net.Listener {
+	r.open.Add(1)
+	return &trackedListener{Listener: ln, done: r.open.Done}
+}
+
+// trackedListener calls done once, at its first Close.
+type trackedListener struct {
+	net.Listener
+	once sync.Once
+	done func()
+}
+
+func (l *trackedListener) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(l.done)
+	return err
+}
+
+// released is closed once this process holds no listening socket any
+// more: every served listener closed, and tableflip's copies too (closed
+// before its Exit channel is, after a successful upgrade or a Stop).
+func (r *runner) released() <-chan struct{} {
+	c := make(chan struct{})
+	go func() {
+		defer close(c)
+		r.open.Wait()
+		<-r.g.upg.Exit()
+	}()
+	return c
 }
 
 func closeAll(ls []*Listener) {
@@ -298,6 +334,7 @@ wait:
 		cancel()
 	}
 	r.serving.Wait()
+	<-r.releasedC // every listener closed (Serve returned), tableflip stopped
 	if next == phaseStopping {
 		r.removePIDFile()
 	}
@@ -323,6 +360,8 @@ func (r *runner) drain(p phase) bool {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- r.srv.Shutdown(ctx) }()
+	r.releasedC = r.released()
+	released := r.releasedC
 	forced := false
 	stops := 0
 	if p == phaseStopping {
@@ -342,6 +381,9 @@ func (r *runner) drain(p phase) bool {
 	}
 	for {
 		select {
+		case <-released:
+			r.log.Info("stopped accepting: this process holds no listening socket any more")
+			released = nil
 		case err := <-done:
 			if err != nil {
 				var left string

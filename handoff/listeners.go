@@ -1,3 +1,5 @@
+//go:build linux
+
 package handoff
 
 import (
@@ -12,6 +14,7 @@ import (
 
 	"github.com/cloudflare/tableflip"
 
+	"github.com/echod/echod/handoff/control"
 	"github.com/echod/echod/systemd"
 )
 
@@ -327,26 +330,13 @@ func (g *Generation) listen(spec Spec, fromStore map[string]net.Listener) (*List
 
 // removeStaleSocket removes path if it is a Unix socket nobody listens on.
 func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	if err := control.CheckStale(path); err != nil {
 		return err
 	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s exists and is not a socket", path)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
-	var d net.Dialer
-	c, err := d.DialContext(context.Background(), "unix", path)
-	if err == nil {
-		c.Close()
-		return fmt.Errorf("%s: address already in use (something listens on it)", path)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return os.Remove(path)
+	return nil
 }
 
 // Listener is a listening socket of a generation.

@@ -1,8 +1,11 @@
+//go:build linux
+
 package handoff
 
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -114,13 +117,14 @@ func (g *Generation) waitParent(batch *[]chan upgradeReply) bool {
 		default:
 		}
 		if len(*batch) == 1 {
-			g.logger().Info("upgrade waits for the previous generation to finish draining")
+			g.logger().Info("upgrade waits for the previous generation to finish draining", "waiting", 1)
 		}
 		select {
 		case <-g.waitDone:
 			return true
 		case r := <-g.reqs:
 			*batch = append(*batch, r)
+			g.logger().Info("upgrade request joins the one waiting for the previous generation", "waiting", len(*batch))
 		case <-g.stopC:
 			return false
 		}
@@ -163,17 +167,24 @@ func (g *Generation) upgradeOnce() upgradeReply {
 	return upgradeReply{res: res}
 }
 
-// tableflipUpgrade calls tableflip's Upgrade. It is only called once the previous
-// generation has exited (WaitForParent returned), but tableflip's own
-// goroutine learns of that exit through a select that may serve our
-// request first and answer "parent hasn't exited": retry that answer a
-// bounded number of times.
+// tableflipUpgrade calls tableflip's Upgrade. It is only called once the
+// previous generation has exited (WaitForParent returned), but tableflip's
+// own loop learns of that exit in a select that may take our request
+// first, even once it knows (both cases ready: Go picks at random), and
+// answer "parent hasn't exited" without starting anything. That answer,
+// known only by its text in tableflip v1.2.3, is asked again at once: each
+// new request is a fresh draw of that select, so no waiting is needed; the
+// bound only guards against a tableflip that would never see the exit.
 func (g *Generation) tableflipUpgrade() error {
 	for i := 0; ; i++ {
 		err := g.upg.Upgrade()
-		if err == nil || !strings.Contains(err.Error(), "parent hasn't exited") || i == 100 {
+		if err == nil || !strings.Contains(err.Error(), tableflipParentRace) || i == 1000 {
 			return err
 		}
-		time.Sleep(time.Millisecond)
+		runtime.Gosched() // let tableflip's goroutine reach its select
 	}
 }
+
+// tableflipParentRace is tableflip v1.2.3's answer to an upgrade request
+// its loop takes before it has seen the parent's exit.
+const tableflipParentRace = "parent hasn't exited"

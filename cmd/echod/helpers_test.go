@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"github.com/echod/echod/handoff/control"
 	"io"
 	"net"
 	"os"
@@ -20,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/echod/echod/handoff/control"
 
 	"golang.org/x/sys/unix"
 )
@@ -63,6 +64,11 @@ func newLogWatcher(r io.Reader) *logWatcher {
 		defer close(w.done)
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
+			if pid, err := strconv.Atoi(field(pidRe, sc.Text())); err == nil {
+				// It just wrote: a pidfd names it from now on, even once
+				// its pid is recycled.
+				procs.open(pid)
+			}
 			w.mu.Lock()
 			w.lines = append(w.lines, sc.Text())
 			close(w.changed)
@@ -218,17 +224,82 @@ func (in *instance) stopAll() { in.stopped.Do(in.stopAllOnce) }
 
 func (in *instance) stopAllOnce() {
 	for _, p := range in.pids() {
-		unix.Kill(p, unix.SIGTERM)
+		procs.signal(p, unix.SIGTERM)
 	}
 	select {
 	case <-in.log.done:
 	case <-time.After(15 * time.Second):
 		for _, p := range in.pids() {
-			unix.Kill(p, unix.SIGKILL)
+			procs.signal(p, unix.SIGKILL)
 		}
 		<-in.log.done
 	}
 	in.cmd.Wait()
+	for _, p := range in.pids() {
+		procs.forget(p)
+	}
+}
+
+// procs holds a pidfd for every echod process that logged a line, so the
+// tests signal and wait for the process they mean, not a recycled pid.
+var procs = &pidfds{fds: map[int]int{}}
+
+type pidfds struct {
+	mu  sync.Mutex
+	fds map[int]int
+}
+
+func (p *pidfds) open(pid int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.fds[pid]; ok {
+		return
+	}
+	if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+		p.fds[pid] = fd
+	}
+}
+
+// fd returns pid's pidfd, opening one for a process no log line named.
+func (p *pidfds) fd(pid int) (int, error) {
+	p.mu.Lock()
+	fd, ok := p.fds[pid]
+	p.mu.Unlock()
+	if ok {
+		return fd, nil
+	}
+	p.open(pid)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if fd, ok := p.fds[pid]; ok {
+		return fd, nil
+	}
+	return -1, unix.ESRCH
+}
+
+func (p *pidfds) signal(pid int, sig unix.Signal) error {
+	fd, err := p.fd(pid)
+	if err != nil {
+		return err
+	}
+	return unix.PidfdSendSignal(fd, sig, nil, 0)
+}
+
+func (p *pidfds) forget(pid int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if fd, ok := p.fds[pid]; ok {
+		unix.Close(fd)
+		delete(p.fds, pid)
+	}
+}
+
+// signalPID sends sig to the echod process pid (through its pidfd).
+func signalPID(t testing.TB, pid int, sig unix.Signal) {
+	t.Helper()
+	if err := procs.signal(pid, sig); err != nil {
+		t.Fatalf("signal %v to pid %d: %v", sig, pid, err)
+	}
 }
 
 // readyPID waits for generation gen to be ready and returns its pid.
@@ -249,14 +320,13 @@ func (in *instance) reload() (string, error) {
 // waitExit waits until process pid has exited (pidfd readable).
 func waitExit(t testing.TB, pid int, timeout time.Duration) {
 	t.Helper()
-	fd, err := unix.PidfdOpen(pid, 0)
+	fd, err := procs.fd(pid)
 	if errors.Is(err, unix.ESRCH) {
 		return
 	}
 	if err != nil {
 		t.Fatalf("pidfd_open %d: %v", pid, err)
 	}
-	defer unix.Close(fd)
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	for {
 		n, err := unix.Poll(fds, int(timeout.Milliseconds()))
@@ -273,7 +343,14 @@ func waitExit(t testing.TB, pid int, timeout time.Duration) {
 	}
 }
 
-func alive(pid int) bool { return unix.Kill(pid, 0) == nil }
+func alive(pid int) bool {
+	fd, err := procs.fd(pid)
+	if err != nil {
+		return false
+	}
+	n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+	return err == nil && n == 0
+}
 
 // listenInode returns the inode of the TCP socket listening on addr, from
 // /proc/net/tcp (or tcp6).

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestSecondSIGTERMForcesStop: a SIGTERM starts a drain bounded by
@@ -52,9 +54,7 @@ func TestSIGHUPToDrainingGeneration(t *testing.T) {
 	}
 	in.readyPID(2)
 	in.log.waitFor(t, 10*time.Second, "generation 1 draining", contains("msg=draining", "gen=1 "))
-	if err := syscall.Kill(pid1, syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	signalPID(t, pid1, unix.SIGHUP)
 	in.log.waitFor(t, 10*time.Second, "generation 1 passing the SIGHUP on", contains("passing it on", "gen=1 "))
 	// Generation 2 queues it until generation 1 has drained (tableflip
 	// upgrades only once the previous generation exited).

@@ -43,7 +43,7 @@ func TestReloadKeepsConnections(t *testing.T) {
 	if pid2 == pid1 || pid2 == 0 {
 		t.Fatalf("new generation pid %d, old %d: want a new process", pid2, pid1)
 	}
-	in.log.waitFor(t, 10*time.Second, "generation 1 draining", contains("msg=draining", "gen=1 "))
+	in.log.waitFor(t, 10*time.Second, "generation 1 stopped accepting", contains("stopped accepting", "gen=1 "))
 	if got := listenInode(t, addr); got != inode {
 		t.Fatalf("listening socket changed across the reload: inode %s, was %s", got, inode)
 	}

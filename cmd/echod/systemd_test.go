@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/echod/echod/handoff/control"
 	mrand "math/rand/v2"
 	"net"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/echod/echod/handoff/control"
 
 	"github.com/echod/echod/systemd/systemdtest"
 )

@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"github.com/echod/echod/handoff/control"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -11,6 +11,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/echod/echod/handoff/control"
 )
 
 // copyExec copies the file at src to dst (mode 0755) through a temporary
@@ -231,15 +235,23 @@ func TestReloadQueuedWhileDraining(t *testing.T) {
 		streams[i] = c
 	}
 	pid1 := in.cmd.Process.Pid
-	syscall.Kill(pid1, syscall.SIGHUP)
+	signalPID(t, pid1, unix.SIGHUP)
 	pid2 := in.readyPID(2)
-	// Generation 1 drains 50 streams; ask generation 2 three times.
+	// Generation 1 drains 50 streams; ask generation 2 three times (over
+	// the control socket: three SIGHUPs sent at once may arrive as one).
+	answers := make(chan string, 3)
 	for range 3 {
-		if err := syscall.Kill(pid2, syscall.SIGHUP); err != nil {
-			t.Fatal(err)
-		}
+		go func() {
+			ans, err := in.reload()
+			if err != nil {
+				ans = "error: " + err.Error()
+			}
+			answers <- ans
+		}()
 	}
-	in.log.waitFor(t, 10*time.Second, "queued upgrade", contains("waits for the previous generation", "gen=2 "))
+	// All three are queued behind generation 1's drain (the library says
+	// so for each), so they must coalesce into one upgrade.
+	in.log.waitFor(t, 10*time.Second, "three queued requests", contains("joins the one waiting", "gen=2 ", "waiting=3"))
 	if in.log.has(contains("msg=ready", "gen=3 ")) {
 		t.Fatal("generation 3 started while generation 1 still drained")
 	}
@@ -254,10 +266,22 @@ func TestReloadQueuedWhileDraining(t *testing.T) {
 	if pid3 == pid2 {
 		t.Fatal("generation 3 has generation 2's pid")
 	}
+	// The three requests got the one upgrade's answer.
+	for range 3 {
+		if ans := <-answers; ans != fmt.Sprintf("pid=%d generation=3", pid3) {
+			t.Fatalf("queued reload answered %q, want pid=%d generation=3", ans, pid3)
+		}
+	}
 	waitExit(t, pid2, 10*time.Second)
-	// The three SIGHUPs coalesced into one upgrade (or two, if one arrived
-	// after the first had exec'd generation 3); none was lost, and no
-	// upgrade failed.
+	var started int
+	for _, l := range strings.Split(in.log.String(), "\n") {
+		if strings.Contains(l, "upgrade started") && strings.Contains(l, "gen=2 ") {
+			started++
+		}
+	}
+	if started != 1 || in.log.has(contains("gen=4 ")) {
+		t.Fatalf("three queued SIGHUPs made %d upgrades from generation 2 (want 1, coalesced):\n%s", started, in.log)
+	}
 	if in.log.has(contains("upgrade failed")) {
 		t.Fatalf("an upgrade failed:\n%s", in.log)
 	}

@@ -61,7 +61,7 @@ func Listen(path string) (net.Listener, error) {
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		return fail(err)
 	}
-	if err := checkStale(path); err != nil {
+	if err := CheckStale(path); err != nil {
 		return fail(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
@@ -70,9 +70,10 @@ func Listen(path string) (net.Listener, error) {
 	return &unixListener{UnixListener: ln, addr: &net.UnixAddr{Name: path, Net: "unix"}}, nil
 }
 
-// checkStale returns nil if path does not exist or is a Unix socket nobody
-// listens on.
-func checkStale(path string) error {
+// CheckStale returns nil if path does not exist or is a Unix socket nobody
+// listens on (connecting is refused): a stale socket file that may be
+// replaced. A socket something listens on is an error wrapping EADDRINUSE.
+func CheckStale(path string) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
