@@ -22,10 +22,37 @@
 // and every listener keeps accepting, however many there are.
 //
 // The server is built for many long-lived, mostly idle connections: each
-// costs one file descriptor and one goroutine, and the echo handler holds
-// no buffer while it waits for data (buffers come from a pool only while
-// bytes are in flight; on Linux it reads through the raw fd). Running out
-// of file descriptors makes the accept loop back off and retry.
+// costs one file descriptor and one goroutine (with a 2 KiB stack, adopted
+// connections included), and the echo handler holds no buffer while it
+// waits for data (buffers come from a pool only while bytes are in
+// flight; on Linux it reads through the raw fd). Running out of file
+// descriptors makes the accept loop back off and retry.
+//
+// # Moving live connections
+//
+// A daemon that reloads by starting a new generation of itself can hand
+// its live connections over instead of draining them, when its handler is
+// a [Resumer] (Echo is one). [Server.Detach] stops accepting and brings
+// every connection to a safe point: it cancels the handlers' context with
+// cause [ErrDetach] and sets each connection's deadlines to now, which
+// interrupts a blocked read or write; the handler returns a [*Detached]
+// holding its state (for the echo, the bytes it read and has not written
+// back). The server then duplicates the socket's descriptor, closes its
+// own without shutting the socket down, and returns the duplicate with the
+// state as a [DetachedConn]: the kernel keeps the connection, and every
+// byte the client sent and nobody read yet, in its buffers. The caller
+// passes the descriptors to the new generation (package handoff does,
+// with SCM_RIGHTS), where [net.FileConn] and [Server.Adopt] resume each
+// connection from its state ([Resumer.ResumeConn]). No byte is lost,
+// duplicated or reordered, and the client notices nothing. A hand-over
+// that fails is undone with Adopt in the old generation, which may also
+// Serve again, or Shutdown to drain.
+//
+// Detach waits for every handler to answer, or for its context to end:
+// the connections whose handler had not answered then are served on
+// (their deadlines cleared), and one whose handler returns *Detached later
+// is resumed in place. Handlers that are not Resumers are not interrupted:
+// their connections are left to Shutdown. Detach is Linux-only.
 //
 // The package knows nothing of generations, tableflip or systemd; any
 // daemon that needs a drainable TCP or Unix-socket server can use it.

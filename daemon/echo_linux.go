@@ -3,6 +3,7 @@
 package daemon
 
 import (
+	"context"
 	"net"
 	"syscall"
 	"time"
@@ -15,14 +16,18 @@ import (
 // borrows a pooled buffer only for the read that has data, so an idle
 // connection costs a parked goroutine and one fd. It never splices through
 // a pipe (io.Copy(c, c) would, at the cost of two more fds per connection).
-func (e *Echo) echo(c net.Conn, idle, wt time.Duration) error {
+//
+// It looks at ctx only after it set a deadline, before it blocks (see
+// ServeConn): an interrupted read has consumed nothing, and an interrupted
+// write leaves the rest of its chunk as the state of the *Detached.
+func (e *Echo) echo(ctx context.Context, c net.Conn, idle, wt time.Duration) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return e.echoBuffered(c, idle, wt)
+		return e.echoBuffered(ctx, c, idle, wt)
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return e.echoBuffered(c, idle, wt)
+		return e.echoBuffered(ctx, c, idle, wt)
 	}
 	// One closure per connection, not per read: it is the hot path.
 	var (
@@ -45,6 +50,9 @@ func (e *Echo) echo(c net.Conn, idle, wt time.Duration) error {
 			if err := c.SetReadDeadline(time.Now().Add(idle)); err != nil {
 				return err
 			}
+			if ctx.Err() != nil {
+				return stopped(ctx, nil)
+			}
 		}
 		bp, n, rerr = nil, 0, nil
 		err := rc.Read(readOnce)
@@ -58,9 +66,9 @@ func (e *Echo) echo(c net.Conn, idle, wt time.Duration) error {
 			if err == nil {
 				return nil // EOF: the client closed
 			}
-			return err
+			return readFailed(ctx, err)
 		}
-		werr := e.writeAll(c, (*bp)[:n], wt)
+		werr := e.writeAll(ctx, c, (*bp)[:n], wt)
 		bufPool.Put(bp)
 		if werr != nil {
 			return werr

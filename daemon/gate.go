@@ -37,6 +37,21 @@ func (g *gate) wait(done <-chan struct{}) bool { return g.await(done, false) }
 // it took one. A slot taken must be given back with release.
 func (g *gate) take(done <-chan struct{}) bool { return g.await(done, true) }
 
+// tryTake takes a slot if one is free, without waiting, and reports
+// whether it took one.
+func (g *gate) tryTake() bool {
+	if g == nil {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.used < g.limit {
+		g.used++
+		return true
+	}
+	return false
+}
+
 func (g *gate) await(done <-chan struct{}, take bool) bool {
 	if g == nil {
 		return true

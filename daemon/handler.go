@@ -13,7 +13,10 @@ import (
 // ctx is cancelled by [Server.Close], the hard stop, never by
 // [Server.Shutdown]: a handler drains by finishing on its own. Close also
 // closes c, which unblocks a handler waiting in c.Read or c.Write even if
-// it never looks at ctx.
+// it never looks at ctx. A handler that is a [Resumer] also sees ctx
+// cancelled with cause [ErrDetach] by [Server.Detach], and c's deadlines
+// set to now: it is to stop at a safe point and return a [*Detached].
+// Any other handler is never interrupted by Detach.
 type Handler interface {
 	ServeConn(ctx context.Context, c net.Conn) error
 }

@@ -13,7 +13,8 @@ import (
 )
 
 // ErrServerClosed is returned by [Server.Serve] after [Server.Shutdown] or
-// [Server.Close].
+// [Server.Close], or when [Server.Detach] stopped its listener; and by
+// [Server.Adopt] after Close, or once a Shutdown drained the server.
 var ErrServerClosed = errors.New("daemon: server closed")
 
 // Config holds the settings of a [Server]. The zero value is usable: an
@@ -44,11 +45,15 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Stats is a snapshot of a server's counters.
+// Stats is a snapshot of a server's counters. Every connection served is
+// accepted or adopted, and leaves closed or detached:
+// Accepted+Adopted = Active+Closed+Detached once no call is under way.
 type Stats struct {
 	Active      int    // connections being served now
 	Accepted    uint64 // connections handed to the handler since start
+	Adopted     uint64 // connections [Server.Adopt] took in since start
 	Closed      uint64 // connections finished since start
+	Detached    uint64 // connections [Server.Detach] took out since start
 	Bytes       uint64 // bytes echoed since start, if the handler is an [Echo]
 	ForceClosed uint64 // connections that [Server.Close] cut
 }
@@ -58,24 +63,36 @@ type Stats struct {
 // accepting and waits for the connections to end. Create it with [New].
 type Server struct {
 	handler Handler
-	echo    *Echo // handler, when it is an *Echo; nil otherwise
+	echo    *Echo   // handler, when it is an *Echo; nil otherwise
+	resumer Resumer // handler, when it is a Resumer; nil otherwise
 	log     *slog.Logger
 	gate    *gate // nil when MaxConns == 0
-	loops   sync.WaitGroup
-	connWG  sync.WaitGroup
 
-	// ctx is given to every handler; cancel is called by Close only.
+	// ctx is the parent of every handler's context; cancel is called by
+	// Close only.
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	detachMu sync.Mutex // one Detach at a time
+
 	mu        sync.Mutex
-	listeners map[*onceCloseListener]struct{}
-	conns     map[net.Conn]struct{} // nil once Close ran
-	closed    bool
-	done      chan struct{} // closed when closed becomes true
+	listeners map[*servedListener]struct{}
+	// conns holds every connection being served, with the Detach round
+	// taking it out (nil: none, or it answered). nil once Close ran.
+	conns map[net.Conn]*round
+	live  int           // connections whose goroutine has not ended, also after Close
+	idle  chan struct{} // closed when live drops to 0; nil while nobody waits
+	// hctx is the context given to the handlers started from now on; a
+	// child of ctx that Detach cancels with cause ErrDetach and replaces.
+	hctx    context.Context
+	hcancel context.CancelCauseFunc
+	closed  bool // Shutdown or Close began: Serve refuses
+	drained bool // a Shutdown saw no connection left: Adopt refuses
 
 	accepted    atomic.Uint64
+	adopted     atomic.Uint64
 	finished    atomic.Uint64
+	detached    atomic.Uint64
 	forceClosed atomic.Uint64
 }
 
@@ -89,26 +106,28 @@ func New(cfg Config) *Server {
 		handler:   cfg.Handler,
 		log:       log,
 		gate:      newGate(cfg.MaxConns),
-		listeners: make(map[*onceCloseListener]struct{}),
-		conns:     make(map[net.Conn]struct{}),
-		done:      make(chan struct{}),
+		listeners: make(map[*servedListener]struct{}),
+		conns:     make(map[net.Conn]*round),
 	}
 	if s.handler == nil {
 		s.handler = &Echo{IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout}
 	}
 	s.echo, _ = s.handler.(*Echo)
+	s.resumer, _ = s.handler.(Resumer)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.hctx, s.hcancel = context.WithCancelCause(s.ctx)
 	return s
 }
 
 // Serve accepts connections on ln and serves each one with the handler in
 // its own goroutine. It blocks until the listener fails for good or the
-// server is shut down, and always returns a non-nil error: [ErrServerClosed]
-// after Shutdown or Close. Temporary accept errors (out of file
-// descriptors, aborted handshakes) are retried with a back-off. Serve takes
-// ownership of ln and closes it on return.
+// server stops it, and always returns a non-nil error: [ErrServerClosed]
+// after Shutdown or Close, or when Detach stopped it (Serve may then be
+// called again, on another listener, to accept again). Temporary accept
+// errors (out of file descriptors, aborted handshakes) are retried with a
+// back-off. Serve takes ownership of ln and closes it on return.
 func (s *Server) Serve(ln net.Listener) error {
-	l := &onceCloseListener{Listener: ln}
+	l := &servedListener{Listener: ln, stop: make(chan struct{}), returned: make(chan struct{})}
 	defer l.Close()
 	if !s.trackListener(l, true) {
 		return ErrServerClosed
@@ -120,18 +139,18 @@ func (s *Server) Serve(ln net.Listener) error {
 		// Wait for a free slot, but take it only once a connection is
 		// accepted: a loop idle in Accept must not hold a slot other
 		// listeners need.
-		if !s.gate.wait(s.done) {
+		if !s.gate.wait(l.stop) {
 			return ErrServerClosed
 		}
 		c, err := l.Accept()
 		if err != nil {
-			if s.shuttingDown() {
+			if l.stopped() {
 				return ErrServerClosed
 			}
 			if isTemporary(err) {
 				backoff = nextBackoff(backoff)
 				s.log.Warn("accept failed; retrying", "addr", ln.Addr().String(), "err", err, "backoff", backoff)
-				if !s.sleep(backoff) {
+				if !sleep(backoff, l.stop) {
 					return ErrServerClosed
 				}
 				continue
@@ -139,15 +158,16 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("daemon: accept on %s: %w", ln.Addr(), err)
 		}
 		backoff = 0
-		if !s.gate.take(s.done) {
+		if !s.gate.take(l.stop) {
 			// Another loop took the last slot while this one accepted,
-			// and the server stopped before a slot freed: the
-			// connection was never served, so it is closed unserved,
+			// and the server stopped this listener before a slot freed:
+			// the connection was never served, so it is closed unserved,
 			// like one left in the backlog.
 			c.Close()
 			return ErrServerClosed
 		}
-		if !s.trackConn(c, true) {
+		ctx, err := s.trackConn(c, false)
+		if err != nil {
 			// Accepted while shutting down: Shutdown waits for this loop
 			// to return before it waits for connections, so serving it
 			// here is still counted. trackConn refuses only after Close.
@@ -156,34 +176,69 @@ func (s *Server) Serve(ln net.Listener) error {
 			return ErrServerClosed
 		}
 		s.accepted.Add(1)
-		go s.serveConn(c)
+		go s.serveConn(c, ctx)
 	}
 }
 
-// serveConn runs the handler on c, then closes c and gives back its slot.
+// serveConn runs the handler on c, then ends c's service (served).
 //
 // Its frame stays small: an idle echo connection parks deep in this
 // goroutine's stack, which starts at 2 KiB, and a few frames more double
 // it to 4 KiB per idle connection (BenchmarkIdleConnMemory). So the echo
 // handler is called directly (inlined), not through the interface, and
-// logging lives in connEnded.
-func (s *Server) serveConn(c net.Conn) {
-	defer s.connDone(c)
+// what follows the handler's return lives in served.
+func (s *Server) serveConn(c net.Conn, ctx context.Context) {
 	var err error
 	if s.echo != nil {
-		err = s.echo.ServeConn(s.ctx, c)
+		err = s.echo.ServeConn(ctx, c)
 	} else {
-		err = s.handler.ServeConn(s.ctx, c)
+		err = s.handler.ServeConn(ctx, c)
 	}
-	if err != nil {
-		s.connEnded(c, err)
+	s.served(c, ctx, err)
+}
+
+// resumeConn is serveConn for an adopted connection: the handler resumes
+// it from state. The echo handler's ResumeConn is taken apart (state
+// written, then the loop called from here), so that an idle adopted
+// connection parks in as shallow a stack as an accepted one.
+func (s *Server) resumeConn(c net.Conn, ctx context.Context, state []byte) {
+	var err error
+	if s.echo != nil {
+		if err = s.echo.writeState(ctx, c, state); err == nil {
+			err = s.echo.ServeConn(ctx, c)
+		}
+	} else {
+		err = s.resumer.ResumeConn(ctx, c, state)
+	}
+	s.served(c, ctx, err)
+}
+
+// served ends c's service once its handler, which got ctx, returned err:
+// c is closed, or handed over to the Detach taking it out (a handler that
+// returned *Detached), or, when no Detach takes it any more, served on
+// from the handler's state (ResumeConn, with a fresh context), which ends
+// here again.
+func (s *Server) served(c net.Conn, ctx context.Context, err error) {
+	for {
+		var d *Detached
+		if err == nil || !errors.As(err, &d) {
+			if err != nil {
+				s.connEnded(c, err)
+			}
+			s.connDone(c)
+			return
+		}
+		if ctx = s.answer(c, ctx, d); ctx == nil {
+			return
+		}
+		err = s.resumer.ResumeConn(ctx, c, d.State)
 	}
 }
 
 // connDone closes c once its handler returned and gives back its slot.
 func (s *Server) connDone(c net.Conn) {
 	c.Close()
-	s.trackConn(c, false) // counts it closed
+	s.untrackConn(c, nil)
 	s.gate.release()
 }
 
@@ -191,7 +246,7 @@ func (s *Server) connDone(c net.Conn) {
 // ordinary end.
 func (s *Server) connEnded(c net.Conn, err error) {
 	if !isBenign(err) {
-		s.log.Debug("connection ended", "remote", c.RemoteAddr(), "err", err)
+		s.log.Debug("connection ended", "remote", remoteAddr(c), "err", err)
 	}
 }
 
@@ -201,15 +256,14 @@ func isBenign(err error) bool {
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, context.Canceled)
 }
 
-// sleep waits d or until the server shuts down; it reports whether the
-// server is still running.
-func (s *Server) sleep(d time.Duration) bool {
+// sleep waits d or until stop is closed; it reports whether d passed.
+func sleep(d time.Duration, stop <-chan struct{}) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-s.done:
+	case <-stop:
 		return false
 	}
 }
@@ -238,13 +292,7 @@ func isTemporary(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-func (s *Server) shuttingDown() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
-}
-
-func (s *Server) trackListener(l *onceCloseListener, add bool) bool {
+func (s *Server) trackListener(l *servedListener, add bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if add {
@@ -252,36 +300,77 @@ func (s *Server) trackListener(l *onceCloseListener, add bool) bool {
 			return false
 		}
 		s.listeners[l] = struct{}{}
-		s.loops.Add(1)
 		return true
 	}
 	delete(s.listeners, l)
-	s.loops.Done()
+	close(l.returned)
 	return true
 }
 
 // trackConn registers c before its goroutine starts, so Shutdown cannot
-// miss it. It refuses only after Close.
-func (s *Server) trackConn(c net.Conn, add bool) bool {
+// miss it, and returns the context for its handler. It refuses after
+// Close, and, for an adopted connection, once a Shutdown drained the
+// server or when c is served already.
+func (s *Server) trackConn(c net.Conn, adopt bool) (context.Context, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if add {
-		if s.conns == nil { // Close ran
-			return false
-		}
-		s.conns[c] = struct{}{}
-		s.connWG.Add(1)
-		return true
+	if s.conns == nil || (adopt && s.drained) { // Close ran, or a Shutdown returned
+		return nil, ErrServerClosed
 	}
+	if _, ok := s.conns[c]; ok {
+		return nil, errServedAlready
+	}
+	s.conns[c] = nil
+	s.live++
+	if adopt {
+		// Counted under the lock: Stats never shows more connections
+		// active than accepted and adopted.
+		s.adopted.Add(1)
+	}
+	return s.hctx, nil
+}
+
+// untrackConn forgets c, counting it closed, or detached if r is the
+// Detach round that took it out.
+func (s *Server) untrackConn(c net.Conn, r *round) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.untrackLocked(c, r)
+}
+
+func (s *Server) untrackLocked(c net.Conn, detachedBy *round) {
 	if s.conns != nil {
+		if r := s.conns[c]; r != nil {
+			r.answeredLocked()
+		}
 		delete(s.conns, c)
 	}
-	// Counted under the lock and before Done: whoever sees Active shrink,
-	// or Shutdown return, sees Closed grow.
-	s.finished.Add(1)
-	s.connWG.Done()
-	return true
+	// Counted under the lock and before live drops: whoever sees Active
+	// shrink, or Shutdown return, sees Closed (or Detached) grow.
+	if detachedBy != nil {
+		s.detached.Add(1)
+	} else {
+		s.finished.Add(1)
+	}
+	s.live--
+	if s.live == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
 }
+
+// idleLocked returns a channel closed once no connection is served.
+func (s *Server) idleLocked() <-chan struct{} {
+	if s.live == 0 {
+		return closedChan
+	}
+	if s.idle == nil {
+		s.idle = make(chan struct{})
+	}
+	return s.idle
+}
+
+var closedChan = func() chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
 
 // Stats returns a snapshot of the server's counters. Bytes is the count of
 // the server's [Echo] ([Echo.Bytes]): zero with any other handler, and
@@ -293,7 +382,9 @@ func (s *Server) Stats() Stats {
 	st := Stats{
 		Active:      active,
 		Accepted:    s.accepted.Load(),
+		Adopted:     s.adopted.Load(),
 		Closed:      s.finished.Load(),
+		Detached:    s.detached.Load(),
 		ForceClosed: s.forceClosed.Load(),
 	}
 	if s.echo != nil {
@@ -302,44 +393,62 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-// closeListenersLocked marks the server closed and closes every listener.
-func (s *Server) closeListenersLocked() {
-	if !s.closed {
-		s.closed = true
-		close(s.done)
-	}
+// stopListenersLocked stops every listener being served: it closes it
+// and tells its accept loop to return. It returns the channels closed
+// when those loops have returned.
+func (s *Server) stopListenersLocked() []<-chan struct{} {
+	loops := make([]<-chan struct{}, 0, len(s.listeners))
 	for l := range s.listeners {
-		l.Close()
+		l.stopLocked()
+		loops = append(loops, l.returned)
 	}
+	return loops
+}
+
+// waitLoops waits until every channel in loops is closed, or ctx ends.
+func waitLoops(ctx context.Context, loops []<-chan struct{}) error {
+	for _, done := range loops {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // Shutdown stops accepting on every listener, waits for the accept loops to
 // return, then waits for the open connections to finish on their own.
-// It returns nil once all connections are closed, or ctx.Err() when ctx
-// ends first; the connections still open are then left to the caller,
-// typically followed by [Server.Close]. Shutdown neither closes connections
-// nor cancels the handlers' context: a connection ends when its handler
-// returns (an echo connection, when its client closes it).
+// It returns nil once all connections are closed (or detached), or
+// ctx.Err() when ctx ends first; the connections still open are then left
+// to the caller, typically followed by [Server.Close]. Shutdown neither
+// closes connections nor cancels the handlers' context: a connection ends
+// when its handler returns (an echo connection, when its client closes
+// it). Connections adopted while Shutdown waits are waited for too; once
+// it returned nil, Adopt refuses.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.closeListenersLocked()
+	s.closed = true
+	loops := s.stopListenersLocked()
 	s.mu.Unlock()
-
-	loopsDone := make(chan struct{})
-	go func() { s.loops.Wait(); close(loopsDone) }()
-	select {
-	case <-loopsDone:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := waitLoops(ctx, loops); err != nil {
+		return err
 	}
-
-	connsDone := make(chan struct{})
-	go func() { s.connWG.Wait(); close(connsDone) }()
-	select {
-	case <-connsDone:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	for {
+		s.mu.Lock()
+		if s.live == 0 {
+			s.drained = true
+			s.mu.Unlock()
+			return nil
+		}
+		idle := s.idleLocked()
+		s.mu.Unlock()
+		select {
+		case <-idle:
+			// Check again: an Adopt may have come in since.
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
@@ -348,11 +457,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // loops and the handlers to return (a handler that ignores both its
 // context and the closed connection keeps Close waiting). Serve returns
 // [ErrServerClosed]; [Stats].ForceClosed counts the connections Close cut.
-// Close always returns nil: the error lets *Server stand where an
-// *http.Server does (Serve, Shutdown, Close).
+// A Detach under way returns. Close always returns nil: the error lets
+// *Server stand where an *http.Server does (Serve, Shutdown, Close).
 func (s *Server) Close() error {
 	s.mu.Lock()
-	s.closeListenersLocked()
+	s.closed = true
+	loops := s.stopListenersLocked()
 	conns := s.conns
 	s.conns = nil
 	s.mu.Unlock()
@@ -361,20 +471,49 @@ func (s *Server) Close() error {
 		c.Close()
 	}
 	s.forceClosed.Add(uint64(len(conns)))
-	s.loops.Wait()
-	s.connWG.Wait()
+	_ = waitLoops(context.Background(), loops)
+	s.mu.Lock()
+	for s.live > 0 {
+		idle := s.idleLocked()
+		s.mu.Unlock()
+		<-idle
+		s.mu.Lock()
+	}
+	s.mu.Unlock()
 	return nil
 }
 
-// onceCloseListener makes Close idempotent, so Serve's deferred Close and
-// Shutdown's Close can both run.
-type onceCloseListener struct {
+// servedListener is a listener with its accept loop's signals. Its Close
+// is idempotent, so Serve's deferred Close and the server's can both run.
+type servedListener struct {
 	net.Listener
+	stop     chan struct{} // closed when the server stops the listener
+	returned chan struct{} // closed when its Serve returned
+
 	once sync.Once
 	err  error
 }
 
-func (l *onceCloseListener) Close() error {
+func (l *servedListener) Close() error {
 	l.once.Do(func() { l.err = l.Listener.Close() })
 	return l.err
+}
+
+// stopLocked closes the listener and its stop channel, once; the server's
+// mu is held.
+func (l *servedListener) stopLocked() {
+	if !l.stopped() {
+		close(l.stop)
+	}
+	l.Close()
+}
+
+// stopped reports whether the server stopped the listener.
+func (l *servedListener) stopped() bool {
+	select {
+	case <-l.stop:
+		return true
+	default:
+		return false
+	}
 }

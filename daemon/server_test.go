@@ -75,6 +75,12 @@ func listen(t testing.TB, network string) net.Listener {
 // and checks that Serve returned ErrServerClosed.
 func start(t testing.TB, cfg daemon.Config, network string) *testServer {
 	t.Helper()
+	return startWrapped(t, cfg, network, nil)
+}
+
+// startWrapped is start with the listener wrapped by wrap (nil: none).
+func startWrapped(t testing.TB, cfg daemon.Config, network string, wrap func(net.Listener) net.Listener) *testServer {
+	t.Helper()
 	ln := listen(t, network)
 	ts := &testServer{
 		srv:      daemon.New(cfg),
@@ -83,7 +89,10 @@ func start(t testing.TB, cfg daemon.Config, network string) *testServer {
 		serveErr: make(chan error, 1),
 		lnClosed: make(chan struct{}),
 	}
-	nl := &notifyListener{Listener: ln, closed: ts.lnClosed}
+	var nl net.Listener = &notifyListener{Listener: ln, closed: ts.lnClosed}
+	if wrap != nil {
+		nl = wrap(nl)
+	}
 	go func() { ts.serveErr <- ts.srv.Serve(nl) }()
 	t.Cleanup(func() {
 		closeWithin(t, ts.srv)

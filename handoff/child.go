@@ -51,8 +51,11 @@ func openParentLink(upg *tableflip.Upgrader) (*parentLink, error) {
 	}
 	// The offer was queued before the exec: it is there, or the parent
 	// did not send one.
-	m, files, err := ch.recv(false, time.Time{})
+	m, files, ctrunc, err := ch.recv(false, time.Time{})
 	closeFiles(files)
+	if err == nil && (ctrunc || len(files) > 0) {
+		err = fmt.Errorf("%w: file descriptors with the offer", ErrProtocol)
+	}
 	if errors.Is(err, errNoMessage) {
 		err = fmt.Errorf("%w: no offer from the previous generation", ErrProtocol)
 	}
@@ -82,11 +85,11 @@ func openParentLink(upg *tableflip.Upgrader) (*parentLink, error) {
 // ready tells the parent this generation takes over. It comes before
 // tableflip's readiness byte: if it fails, the generation must not
 // commit.
-func (l *parentLink) ready(stored []string) error {
+func (l *parentLink) ready(stored []string, adopts bool) error {
 	if l.version == 1 {
 		return writeStatusFile(l.status, "ok "+strconv.Itoa(os.Getpid()))
 	}
-	return l.ch.send(msgReady, ready{Stored: stored})
+	return l.ch.send(msgReady, ready{Stored: stored, Adopts: adopts})
 }
 
 // fail tells the parent why this generation will not become ready. Best
@@ -99,6 +102,7 @@ func (l *parentLink) fail(reason string) {
 	_ = l.ch.send(msgFailed, failed{Reason: oneLine(reason)})
 }
 
+// close closes the channel; it may be called more than once.
 func (l *parentLink) close() {
 	if l.ch != nil {
 		l.ch.Close()

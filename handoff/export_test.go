@@ -11,3 +11,7 @@ func BreakChannelForTest(g *Generation) {
 
 // SetBeforeCommitForTest makes Ready call f just before its commit.
 func SetBeforeCommitForTest(f func(*Generation)) { beforeCommit = f }
+
+// SetAfterAcceptForTest makes a generation taking over connections call f
+// after it accepted each batch.
+func SetAfterAcceptForTest(f func(batch int)) { afterAccept = f }

@@ -89,24 +89,29 @@ type Generation struct {
 	gen  int
 	link *parentLink // nil in the first generation
 
-	mu       sync.Mutex
-	log      *slog.Logger
-	systemd  []string // names of the systemd sockets registered, in order
-	stored   []string // fd store names of this generation's listeners
-	result   Result   // the successful upgrade; set before exitC is closed
-	toRemove []string // fd store names to remove once listeners are taken
-	state    readyState
-	readyErr error // why Ready or Fail ended this generation
+	mu        sync.Mutex
+	log       *slog.Logger
+	systemd   []string       // names of the systemd sockets registered, in order
+	stored    []string       // fd store names of this generation's listeners
+	result    Result         // the successful upgrade; set before exitC is closed
+	toRemove  []string       // fd store names to remove once listeners are taken
+	adopt     *adoption      // set by AcceptConns
+	migration *Migration     // set by MigrateWith
+	lastHand  HandOverResult // the last successful upgrade's hand-over
+	adopted   HandOverResult // what the previous generation handed over; valid once adoptDone is closed
+	state     readyState
+	readyErr  error // why Ready or Fail ended this generation
 
 	noStateDir bool // no StateDir: keep no record of stored listeners
 
-	reqs     chan chan upgradeReply
-	stopOnce sync.Once
-	stopC    chan struct{}
-	exitC    chan struct{}
-	runDone  chan struct{}
-	waitDone chan struct{} // closed when the previous generation exited
-	cancel   context.CancelFunc
+	reqs      chan chan upgradeReply
+	stopOnce  sync.Once
+	stopC     chan struct{}
+	exitC     chan struct{}
+	runDone   chan struct{}
+	waitDone  chan struct{} // closed when the previous generation exited
+	cancel    context.CancelFunc
+	adoptDone chan struct{} // closed once the hand-over from the previous generation ended (at once without one)
 }
 
 // readyState is where a generation stands with Ready.
@@ -161,6 +166,7 @@ func New(opts Options) (*Generation, error) {
 		exitC:      make(chan struct{}),
 		runDone:    make(chan struct{}),
 		waitDone:   make(chan struct{}),
+		adoptDone:  make(chan struct{}),
 		noStateDir: noStateDir,
 	}
 	if link != nil {
@@ -263,7 +269,8 @@ func (g *Generation) Ready() error {
 	if beforeCommit != nil {
 		beforeCommit(g)
 	}
-	if err := g.commit(stored); err != nil {
+	pending, err := g.commit(stored)
+	if err != nil {
 		g.mu.Lock()
 		g.state, g.readyErr = failedReady, err
 		g.mu.Unlock()
@@ -283,9 +290,12 @@ func (g *Generation) Ready() error {
 				g.logger().Error("cannot write the PID file", "file", g.opts.PIDFile, "err", err)
 			}
 		}
-		g.link.close()
 		g.dropParentStored()
 	}
+	if g.link != nil {
+		g.link.close()
+	}
+	g.serveAdopted(pending)
 	ctx, cancel := context.WithCancel(context.Background())
 	g.mu.Lock()
 	g.cancel = cancel
@@ -301,23 +311,67 @@ func (g *Generation) Ready() error {
 }
 
 // commit is Ready's step that can fail: the PID file of a first
-// generation, or "ready" to the parent and then tableflip's readiness
-// byte.
-func (g *Generation) commit(stored []string) error {
+// generation, or "ready" to the parent, the connections it hands over
+// (held, not served), and then tableflip's readiness byte. On error
+// nothing is committed and the connections taken are closed (the parent
+// still has them).
+func (g *Generation) commit(stored []string) ([]adoptedConn, error) {
 	if g.link == nil && g.opts.PIDFile != "" {
 		if err := writeAtomic(g.opts.PIDFile, strconv.Itoa(os.Getpid())+"\n"); err != nil {
-			return fmt.Errorf("handoff: PID file: %w", err)
+			return nil, fmt.Errorf("handoff: PID file: %w", err)
 		}
 	}
+	var pending []adoptedConn
 	if g.link != nil {
-		if err := g.link.ready(stored); err != nil {
-			return fmt.Errorf("handoff: tell the previous generation: %w", err)
+		g.mu.Lock()
+		adopt := g.adopt
+		g.mu.Unlock()
+		adopts := adopt != nil && g.link.version == protoVersion
+		if err := g.link.ready(stored, adopts); err != nil {
+			return nil, fmt.Errorf("handoff: tell the previous generation: %w", err)
+		}
+		if adopts {
+			var err error
+			pending, err = g.link.receiveConns(adopt.room)
+			if err != nil {
+				closeAdopted(pending)
+				return nil, fmt.Errorf("handoff: taking over connections: %w", err)
+			}
 		}
 	}
 	if err := g.upg.Ready(); err != nil {
-		return fmt.Errorf("handoff: %w", err)
+		closeAdopted(pending)
+		return nil, fmt.Errorf("handoff: %w", err)
 	}
-	return nil
+	return pending, nil
+}
+
+func closeAdopted(cs []adoptedConn) {
+	for _, c := range cs {
+		c.c.Close()
+	}
+}
+
+// serveAdopted serves, after the commit, the connections taken over.
+func (g *Generation) serveAdopted(pending []adoptedConn) {
+	defer close(g.adoptDone)
+	g.mu.Lock()
+	adopt := g.adopt
+	g.mu.Unlock()
+	res := HandOverResult{}
+	for _, p := range pending {
+		if err := adopt.fn(p.c, p.state); err != nil {
+			// Ours now, and refused: nothing else can serve it.
+			p.c.Close()
+			res.Lost++
+			res.Err = fmt.Errorf("handoff: adopt %s: %w", p.remote, err)
+			continue
+		}
+		res.Moved++
+	}
+	g.mu.Lock()
+	g.adopted = res
+	g.mu.Unlock()
 }
 
 // WaitForParent blocks until the previous generation has exited, or ctx
@@ -375,8 +429,43 @@ func (g *Generation) Stop() {
 		cancel()
 		<-g.runDone
 		<-g.waitDone
+		<-g.adoptDone
 	}
 	<-g.upg.Exit()
+}
+
+// adoption is what AcceptConns registered.
+type adoption struct {
+	fn   Adopter
+	room func() int
+}
+
+// AcceptConns makes this generation take the live connections the
+// previous generation hands over after the commit: each is served through
+// adopt (daemon's Server.Adopt), within room (how many more connections it
+// can hold now, for example its fd headroom; nil: no bound but the
+// kernel's). Call it before Ready; without it, the previous generation is
+// told not to hand anything over and drains instead.
+func (g *Generation) AcceptConns(adopt Adopter, room func() int) {
+	if room == nil {
+		room = func() int { return maxFDsPerMessage }
+	}
+	g.mu.Lock()
+	g.adopt = &adoption{fn: adopt, room: room}
+	g.mu.Unlock()
+}
+
+// Adopted is closed once the previous generation's hand-over ended (at
+// once in a first generation, or without AcceptConns); then
+// AdoptedResult tells what came over.
+func (g *Generation) Adopted() <-chan struct{} { return g.adoptDone }
+
+// AdoptedResult is what the previous generation handed over (Moved, and
+// Err if the hand-over stopped early); valid once Adopted is closed.
+func (g *Generation) AdoptedResult() HandOverResult {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.adopted
 }
 
 // SetLogger replaces the logger, for example with one that names the

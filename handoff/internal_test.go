@@ -92,7 +92,7 @@ func TestChannelTruncation(t *testing.T) {
 	if _, _, err := a.c.WriteMsgUnix(huge, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := b.recv(true, time.Now().Add(10*time.Second)); !errors.Is(err, ErrProtocol) {
+	if _, _, _, err := b.recv(true, time.Now().Add(10*time.Second)); !errors.Is(err, ErrProtocol) {
 		t.Fatalf("oversized packet: %v, want ErrProtocol", err)
 	}
 	f, err := os.Open("/dev/null")
@@ -103,7 +103,7 @@ func TestChannelTruncation(t *testing.T) {
 	if err := a.send(msgFailed, failed{Reason: "why"}, int(f.Fd())); err != nil {
 		t.Fatal(err)
 	}
-	m, files, err := b.recv(true, time.Now().Add(10*time.Second))
+	m, files, _, err := b.recv(true, time.Now().Add(10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,11 +116,11 @@ func TestChannelTruncation(t *testing.T) {
 	if err != nil || flags&unix.FD_CLOEXEC == 0 {
 		t.Fatalf("received fd flags %#x (%v), want close-on-exec", flags, err)
 	}
-	if _, _, err := b.recv(false, time.Time{}); !errors.Is(err, errNoMessage) {
+	if _, _, _, err := b.recv(false, time.Time{}); !errors.Is(err, errNoMessage) {
 		t.Fatalf("empty queue: %v, want errNoMessage", err)
 	}
 	a.Close()
-	if _, _, err := b.recv(true, time.Now().Add(10*time.Second)); !errors.Is(err, errEOF) {
+	if _, _, _, err := b.recv(true, time.Now().Add(10*time.Second)); !errors.Is(err, errEOF) {
 		t.Fatalf("after the peer closed: %v, want errEOF", err)
 	}
 }

@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/echod/echod/daemon"
 	"github.com/echod/echod/handoff/control"
 	"github.com/echod/echod/systemd"
 )
@@ -27,6 +30,18 @@ type Server interface {
 	Serve(l net.Listener) error
 	Shutdown(ctx context.Context) error
 	Close() error
+}
+
+// Migrator is a Server whose live connections can move to the next
+// generation on reload instead of draining: *daemon.Server is one (with a
+// handler that is a daemon.Resumer).
+type Migrator interface {
+	Server
+	// Detach stops accepting and takes every connection that can move
+	// out of the server, at a safe point, with its state.
+	Detach(ctx context.Context) ([]daemon.DetachedConn, error)
+	// Adopt serves a connection another generation detached.
+	Adopt(c net.Conn, state []byte) error
 }
 
 // Config configures [Run].
@@ -62,6 +77,11 @@ type Config struct {
 	Status func() string
 	// Version names the build in the status line.
 	Version string
+	// Migrate hands every live connection to the new generation on
+	// reload, when the server is a Migrator (in both generations): the
+	// old generation exits as soon as they are handed over, instead of
+	// draining them. Connections that cannot move drain as before.
+	Migrate bool
 }
 
 // ErrForced is returned by Run when a second stop request (SIGTERM,
@@ -86,7 +106,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	r := &runner{cfg: cfg, stopReq: make(chan struct{}, 1)}
+	r := &runner{cfg: cfg, stopReq: make(chan struct{}, 1), handedOver: make(chan struct{})}
 	opts := cfg.Options
 	opts.Hooks = Hooks{Starting: r.upgradeStarting, Succeeded: r.upgradeSucceeded, Failed: r.upgradeFailed}
 	g, err := New(opts)
@@ -128,11 +148,18 @@ type runner struct {
 	ctl *control.Server
 	ls  []*Listener
 
-	serving   sync.WaitGroup  // Serve goroutines
+	serving   sync.WaitGroup // Serve goroutines
+	acceptMu  sync.Mutex     // guards dups, paused, closing
+	dups      []net.Listener // the duplicates being served
+	paused    bool
+	closing   bool
+	accepting sync.WaitGroup  // Serve goroutines on dups
 	open      sync.WaitGroup  // listeners given to Serve and not closed yet
 	releasedC <-chan struct{} // see released; set by drain
 	upgrades  sync.WaitGroup  // SIGHUP upgrades
 	stopReq   chan struct{}   // a control "stop"
+
+	handedOver chan struct{} // closed once replaced or stopping: LastHandOver is final
 
 	mu      sync.Mutex
 	phase   phase
@@ -173,6 +200,10 @@ func (r *runner) start() error {
 		return err
 	}
 	r.srv = srv
+	if m, ok := srv.(Migrator); ok && r.cfg.Migrate {
+		r.g.AcceptConns(m.Adopt, fdRoom)
+		r.g.MigrateWith(Migration{Pause: r.pause, Resume: r.serveAll, Detach: m.Detach, Adopt: m.Adopt})
+	}
 	if err := r.g.Ready(); err != nil {
 		closeAll(ls)
 		if ctlLn != nil {
@@ -180,16 +211,8 @@ func (r *runner) start() error {
 		}
 		return err
 	}
-	for _, l := range ls {
-		r.serving.Add(1)
-		ln := r.tracked(l.Listener)
-		go func() {
-			defer r.serving.Done()
-			if err := srv.Serve(ln); err != nil && r.currentPhase() == phaseServing {
-				r.log.Error("listener failed", "name", l.Name, "err", err)
-			}
-		}()
-	}
+	r.open.Add(len(ls)) // the originals, closed by drain
+	r.serveAll()
 	// Control requests only once ready: before, the previous generation
 	// (which shares the control socket) answers them.
 	if ctlLn != nil {
@@ -206,6 +229,78 @@ func (r *runner) start() error {
 	r.log.Info("ready", "listeners", len(ls))
 	r.notify(systemd.Ready, systemd.Status(r.status()))
 	return nil
+}
+
+// serveAll serves every listener, each through a duplicate of its socket,
+// so that accepting can pause (the duplicates closed, the sockets open)
+// and resume.
+func (r *runner) serveAll() {
+	r.acceptMu.Lock()
+	defer r.acceptMu.Unlock()
+	if r.closing {
+		return
+	}
+	for _, l := range r.ls {
+		ln, err := dupListener(l.Listener)
+		if err != nil {
+			r.log.Error("cannot serve a listener", "name", l.Name, "err", err)
+			continue
+		}
+		ln = r.tracked(ln)
+		r.dups = append(r.dups, ln)
+		r.accepting.Add(1)
+		r.serving.Add(1)
+		go func() {
+			defer r.serving.Done()
+			defer r.accepting.Done()
+			if err := r.srv.Serve(ln); err != nil && r.currentPhase() == phaseServing && !r.isPaused() {
+				r.log.Error("listener failed", "name", l.Name, "err", err)
+			}
+		}()
+	}
+	r.paused = false
+}
+
+// pause stops accepting: the duplicates are closed and their accept loops
+// have returned; the sockets stay open (the backlog holds new clients).
+func (r *runner) pause() {
+	r.acceptMu.Lock()
+	r.paused = true
+	dups := r.dups
+	r.dups = nil
+	r.acceptMu.Unlock()
+	for _, ln := range dups {
+		ln.Close()
+	}
+	r.accepting.Wait()
+}
+
+func (r *runner) isPaused() bool {
+	r.acceptMu.Lock()
+	defer r.acceptMu.Unlock()
+	return r.paused
+}
+
+// closeListeners stops accepting for good: duplicates and originals.
+func (r *runner) closeListeners() {
+	r.pause()
+	r.acceptMu.Lock()
+	r.closing = true
+	r.acceptMu.Unlock()
+	for _, l := range r.ls {
+		l.Close()
+		r.open.Done()
+	}
+}
+
+// dupListener returns a listener on a duplicate of ln's socket.
+func dupListener(ln net.Listener) (net.Listener, error) {
+	f, err := fileOf(ln)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return net.FileListener(f)
 }
 
 // tracked counts ln among the listeners this generation still holds.
@@ -268,9 +363,16 @@ func (r *runner) loop(ctx context.Context) error {
 	defer statusT.Stop()
 
 	next := phaseServing
+	adopted := r.g.Adopted()
 wait:
 	for {
 		select {
+		case <-adopted:
+			adopted = nil
+			if res := r.g.AdoptedResult(); res.Moved > 0 || res.Err != nil {
+				r.log.Info("adopted the previous generation's connections", "moved", res.Moved, "err", res.Err)
+				r.notify(systemd.Status(r.status()))
+			}
 		case sig := <-r.cfg.Signals:
 			if sig == syscall.SIGHUP {
 				r.upgrades.Add(1)
@@ -320,6 +422,7 @@ wait:
 			}
 		}
 	}
+	close(r.handedOver)
 	forced := r.drain(next)
 	r.upgrades.Wait()
 	if next == phaseStopping {
@@ -358,6 +461,7 @@ func (r *runner) drain(p phase) bool {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.DrainTimeout)
 	defer cancel()
+	r.closeListeners()
 	done := make(chan error, 1)
 	go func() { done <- r.srv.Shutdown(ctx) }()
 	r.releasedC = r.released()
@@ -416,6 +520,23 @@ func (r *runner) drain(p phase) bool {
 	}
 }
 
+// fdRoom is how many more connections this process can take over: its
+// fd headroom under the soft RLIMIT_NOFILE, less a margin for its own
+// accepts and files.
+func fdRoom() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return 0
+	}
+	f, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return 0
+	}
+	names, _ := f.Readdirnames(-1)
+	f.Close()
+	return int(rl.Cur) - len(names) - 2*maxFDsPerMessage
+}
+
 // waitParent waits, on final stop, for a previous generation that is still
 // draining, so the main process exits last and a synchronous stop returns
 // when every generation is gone; bounded by the drain timeout (the
@@ -463,7 +584,17 @@ func (r *runner) control(ctx context.Context, cmd string) control.Reply {
 		case err != nil:
 			return control.Reply{Kind: control.Error, Text: err.Error()}
 		}
-		return control.Reply{Kind: control.OK, Text: fmt.Sprintf("pid=%d generation=%d", res.PID, res.Generation)}
+		text := fmt.Sprintf("pid=%d generation=%d", res.PID, res.Generation)
+		if r.cfg.Migrate {
+			// Truthful about the connections too: answer once they moved.
+			select {
+			case <-r.handedOver:
+				h := r.g.LastHandOver()
+				text += fmt.Sprintf(" moved=%d draining=%d handover=%s", h.Moved, h.Kept, h.Took.Round(time.Microsecond))
+			case <-ctx.Done():
+			}
+		}
+		return control.Reply{Kind: control.OK, Text: text}
 	case "status":
 		return control.Reply{Kind: control.OK, Text: r.status()}
 	case "stop":

@@ -11,14 +11,65 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/echod/echod/daemon"
 )
 
-// childReport is what a new generation said over the channel.
+// childReport is what a new generation said over the channel, and how
+// the hand-over went.
 type childReport struct {
 	hello    *hello
 	ready    *ready
 	failed   *failed
 	protoErr error
+
+	sent, kept  []daemon.DetachedConn
+	handOverErr error
+}
+
+// add records message m.
+func (rep *childReport) add(m message) {
+	switch m.Type {
+	case msgHello:
+		var h hello
+		if err := decodeBody(m, &h); err != nil || h.PID <= 0 {
+			rep.protoErr = fmt.Errorf("%w: bad hello %s", ErrProtocol, m.Body)
+			return
+		}
+		rep.hello = &h
+	case msgReady:
+		var r ready
+		if err := decodeBody(m, &r); err != nil {
+			rep.protoErr = err
+			return
+		}
+		rep.ready = &r
+	case msgFailed:
+		var f failed
+		if err := decodeBody(m, &f); err != nil {
+			rep.protoErr = err
+			return
+		}
+		rep.failed = &f
+	default:
+		rep.protoErr = fmt.Errorf("%w: unexpected %s from the new generation", ErrProtocol, m.Type)
+	}
+}
+
+// merge adds what another read found.
+func (rep *childReport) merge(o childReport) {
+	if rep.hello == nil {
+		rep.hello = o.hello
+	}
+	if rep.ready == nil {
+		rep.ready = o.ready
+	}
+	if rep.failed == nil {
+		rep.failed = o.failed
+	}
+	if rep.protoErr == nil {
+		rep.protoErr = o.protoErr
+	}
 }
 
 // exec runs one upgrade from the parent's side: a fresh channel, the
@@ -53,8 +104,20 @@ func (g *Generation) exec() (Result, error) {
 		return Result{}, fmt.Errorf("channel: %w", err)
 	}
 
-	upErr := g.tableflipUpgrade()
-	rep := readReport(ch)
+	started := time.Now()
+	upErrC := make(chan error, 1)
+	go func() { upErrC <- g.tableflipUpgrade() }()
+	msgs, stopReader := startReader(ch)
+	rep, upErr, upDone := g.converse(ch, msgs, upErrC, started)
+	if !upDone {
+		upErr = <-upErrC
+	}
+	stopReader()
+	// What the child queued and the reader had not taken yet (a failed
+	// message written just before it exited).
+	rest := readReport(ch)
+	rep.merge(rest)
+	g.settle(upErr == nil, rep.sent, rep.kept, started, rep.handOverErr)
 
 	if upErr == nil {
 		res := Result{Generation: g.gen + 1}
@@ -76,49 +139,103 @@ func (g *Generation) exec() (Result, error) {
 		return Result{}, fmt.Errorf("%w; %w", rep.protoErr, upErr)
 	case rep.hello == nil:
 		return Result{}, fmt.Errorf("the new process exited before it spoke the hand-over protocol (version %d): not a build of this daemon, a release that does not speak it, or it crashed early (%w)", protoVersion, upErr)
+	case rep.handOverErr != nil:
+		return Result{}, fmt.Errorf("%w (%w)", rep.handOverErr, upErr)
 	}
 	return Result{}, upErr
 }
 
-// readReport reads every message queued on the channel: a version 2 child
-// queues its hello and its ready or failed before tableflip reports the
-// outcome, so nothing needs waiting for.
+// converse reads what the child says until tableflip reports the outcome,
+// and runs the connection hand-over when the child is ready for it. It
+// returns tableflip's outcome if it received it (upDone).
+func (g *Generation) converse(ch *channel, msgs <-chan recvResult, upErrC <-chan error, started time.Time) (rep childReport, upErr error, upDone bool) {
+	for {
+		select {
+		case upErr = <-upErrC:
+			return rep, upErr, true
+		case r, ok := <-msgs:
+			if !ok {
+				return rep, nil, false // reader ended (EOF or error): wait for tableflip
+			}
+			closeFiles(r.files)
+			if r.err == nil && (r.ctrunc || len(r.files) > 0) {
+				r.err = fmt.Errorf("%w: file descriptors from the new generation", ErrProtocol)
+			}
+			if r.err != nil {
+				if !errors.Is(r.err, errEOF) {
+					rep.protoErr = r.err
+				}
+				return rep, nil, false
+			}
+			rep.add(r.m)
+			if rep.protoErr != nil {
+				return rep, nil, false
+			}
+			if r.m.Type == msgReady && rep.ready.Adopts {
+				sent, kept, err := g.handOver(ch, msgs, upErrC)
+				rep.sent, rep.kept, rep.handOverErr = sent, kept, err
+				var ended *upgradeEnded
+				if errors.As(err, &ended) {
+					return rep, ended.err, true
+				}
+				if err != nil {
+					// The child gets no done and will not commit; end the
+					// channel so it knows.
+					ch.c.CloseWrite()
+				}
+				return rep, nil, false
+			}
+		}
+	}
+}
+
+// startReader reads the channel in its own goroutine until stop (or an
+// error), so the parent can wait for a message and for tableflip at once.
+func startReader(ch *channel) (<-chan recvResult, func()) {
+	out := make(chan recvResult)
+	quit := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(out)
+		for {
+			m, files, ctrunc, err := ch.recv(true, time.Time{})
+			select {
+			case out <- recvResult{m: m, files: files, ctrunc: ctrunc, err: err}:
+			case <-quit:
+				closeFiles(files)
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return out, func() {
+		close(quit)
+		_ = ch.c.SetReadDeadline(time.Now()) // ends a receive in progress
+		<-done
+		_ = ch.c.SetReadDeadline(time.Time{})
+	}
+}
+
+// readReport reads every message still queued on the channel.
 func readReport(ch *channel) childReport {
 	var rep childReport
 	for {
-		m, files, err := ch.recv(false, time.Time{})
+		m, files, ctrunc, err := ch.recv(false, time.Time{})
 		closeFiles(files)
 		if errors.Is(err, errNoMessage) || errors.Is(err, errEOF) {
 			return rep
+		}
+		if err == nil && (ctrunc || len(files) > 0) {
+			err = fmt.Errorf("%w: file descriptors from the new generation", ErrProtocol)
 		}
 		if err != nil {
 			rep.protoErr = err
 			return rep
 		}
-		switch m.Type {
-		case msgHello:
-			var h hello
-			if err := decodeBody(m, &h); err != nil || h.PID <= 0 {
-				rep.protoErr = fmt.Errorf("%w: bad hello %s", ErrProtocol, m.Body)
-				return rep
-			}
-			rep.hello = &h
-		case msgReady:
-			var r ready
-			if err := decodeBody(m, &r); err != nil {
-				rep.protoErr = err
-				return rep
-			}
-			rep.ready = &r
-		case msgFailed:
-			var f failed
-			if err := decodeBody(m, &f); err != nil {
-				rep.protoErr = err
-				return rep
-			}
-			rep.failed = &f
-		default:
-			rep.protoErr = fmt.Errorf("%w: unexpected %s from the new generation", ErrProtocol, m.Type)
+		if rep.add(m); rep.protoErr != nil {
 			return rep
 		}
 	}

@@ -45,6 +45,10 @@ import (
 //	                        which is the commit point
 //	child → parent  failed  the child gives up, with its reason, and exits
 //
+// A child that adopts live connections says so in its ready message;
+// before it commits, the parent hands them over (see migrate.go): conns,
+// accept, done.
+//
 // The parent reads the channel once tableflip's Upgrade has returned: a
 // version 2 child always queued its hello (and ready or failed) before
 // the outcome tableflip reports, so what the parent reads then is
@@ -93,6 +97,12 @@ func (t msgType) String() string {
 		return "ready"
 	case msgFailed:
 		return "failed"
+	case msgConns:
+		return "conns"
+	case msgAccept:
+		return "accept"
+	case msgDone:
+		return "done"
 	}
 	return fmt.Sprintf("type %d", byte(t))
 }
@@ -120,9 +130,11 @@ type hello struct {
 }
 
 // ready says the child takes over; Stored lists the fd store names it
-// keeps (the parent's others are removed by the child after the commit).
+// keeps (the parent's others are removed by the child after the commit);
+// Adopts says it takes live connections (migrate.go) after the commit.
 type ready struct {
 	Stored []string `json:"stored,omitempty"`
+	Adopts bool     `json:"adopts,omitempty"`
 }
 
 // failed carries the child's reason.
@@ -164,7 +176,7 @@ func decodeMessage(b []byte) (message, error) {
 		return message{}, fmt.Errorf("%w: protocol version %d, this release speaks %d", ErrProtocol, m.Version, protoVersion)
 	}
 	switch m.Type {
-	case msgOffer, msgHello, msgReady, msgFailed:
+	case msgOffer, msgHello, msgReady, msgFailed, msgConns, msgAccept, msgDone:
 	default:
 		return message{}, fmt.Errorf("%w: unknown message %s", ErrProtocol, m.Type)
 	}
@@ -254,14 +266,17 @@ var errNoMessage = errors.New("handoff: no message")
 // recv reads one message. With wait false it returns errNoMessage at
 // once when nothing is queued; with wait true it waits until deadline
 // (zero: no deadline). errEOF means the other end closed. Received fds
-// are returned as close-on-exec files.
-func (ch *channel) recv(wait bool, deadline time.Time) (message, []*os.File, error) {
+// are returned as close-on-exec files; ctrunc reports MSG_CTRUNC: the
+// kernel could not pass them all (the receiver's fd limit) and the files
+// are the first of those sent. A caller that expects no fds treats it as
+// the error it is.
+func (ch *channel) recv(wait bool, deadline time.Time) (m message, files []*os.File, ctrunc bool, err error) {
 	if err := ch.c.SetReadDeadline(deadline); err != nil {
-		return message{}, nil, fmt.Errorf("handoff: receive: %w", err)
+		return message{}, nil, false, fmt.Errorf("handoff: receive: %w", err)
 	}
 	rc, err := ch.c.SyscallConn()
 	if err != nil {
-		return message{}, nil, fmt.Errorf("handoff: receive: %w", err)
+		return message{}, nil, false, fmt.Errorf("handoff: receive: %w", err)
 	}
 	buf := make([]byte, maxMessage+1)
 	oob := make([]byte, unix.CmsgSpace(maxFDsPerMessage*4))
@@ -285,28 +300,28 @@ func (ch *channel) recv(wait bool, deadline time.Time) (message, []*os.File, err
 		var ne net.Error
 		switch {
 		case errors.Is(err, errNoMessage):
-			return message{}, nil, errNoMessage
+			return message{}, nil, false, errNoMessage
 		case errors.As(err, &ne) && ne.Timeout():
-			return message{}, nil, fmt.Errorf("handoff: receive: %w", err)
+			return message{}, nil, false, fmt.Errorf("handoff: receive: %w", err)
 		case errors.Is(err, io.EOF), errors.Is(err, unix.ECONNRESET):
-			return message{}, nil, errEOF
+			return message{}, nil, false, errEOF
 		}
-		return message{}, nil, fmt.Errorf("handoff: receive: %w", err)
+		return message{}, nil, false, fmt.Errorf("handoff: receive: %w", err)
 	}
 	files, ferr := parseRights(oob[:oobn])
 	if n == 0 && oobn == 0 {
-		return message{}, nil, errEOF
+		return message{}, nil, false, errEOF
 	}
-	if flags&unix.MSG_TRUNC != 0 || flags&unix.MSG_CTRUNC != 0 || ferr != nil {
+	if flags&unix.MSG_TRUNC != 0 || ferr != nil {
 		closeFiles(files)
-		return message{}, nil, fmt.Errorf("%w: truncated message (flags %#x) %v", ErrProtocol, flags, ferr)
+		return message{}, nil, false, fmt.Errorf("%w: truncated message (flags %#x) %v", ErrProtocol, flags, ferr)
 	}
-	m, err := decodeMessage(buf[:n])
+	m, err = decodeMessage(buf[:n])
 	if err != nil {
 		closeFiles(files)
-		return message{}, nil, err
+		return message{}, nil, false, err
 	}
-	return m, files, nil
+	return m, files, flags&unix.MSG_CTRUNC != 0, nil
 }
 
 // errEOF: the other end closed the channel.

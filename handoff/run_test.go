@@ -39,6 +39,20 @@ func (s *greeter) Serve(l net.Listener) error {
 	return s.Server.Serve(l)
 }
 
+// greetEcho greets a new connection like runDaemon, then echoes; it can
+// be detached and resumed in another generation (daemon.Resumer).
+type greetEcho struct {
+	echodaemon.Echo
+	gen int
+}
+
+func (h *greetEcho) ServeConn(ctx context.Context, c net.Conn) error {
+	if _, err := fmt.Fprintf(c, "pid %d gen %d\n", os.Getpid(), h.gen); err != nil {
+		return err
+	}
+	return h.Echo.ServeConn(ctx, c)
+}
+
 // runLifecycleDaemon is one generation run by handoff.Run.
 func runLifecycleDaemon() {
 	sigs := make(chan os.Signal, 8)
@@ -66,7 +80,16 @@ func runLifecycleDaemon() {
 			handoff.BreakChannelForTest(g)
 		})
 	}
+	if b, err := os.ReadFile(os.Getenv(failFileEnv)); err == nil && strings.TrimSpace(string(b)) == "die-mid-takeover" {
+		handoff.SetAfterAcceptForTest(func(batch int) {
+			if batch == 2 {
+				emit("failing", "mode=die-mid-takeover")
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+		})
+	}
 	err = handoff.Run(context.Background(), handoff.Config{
+		Migrate: true,
 		Options: handoff.Options{
 			StateDir:       os.Getenv(stateDirEnv),
 			UpgradeTimeout: waitTimeout,
@@ -80,11 +103,7 @@ func runLifecycleDaemon() {
 		Signals: sigs,
 		NewServer: func(g *handoff.Generation, ls []*handoff.Listener) (handoff.Server, error) {
 			gen = g.Number()
-			return &greeter{gen: gen, Server: echodaemon.New(echodaemon.Config{Handler: echodaemon.HandlerFunc(func(_ context.Context, c net.Conn) error {
-				fmt.Fprintf(c, "pid %d gen %d\n", os.Getpid(), gen)
-				_, err := io.Copy(c, c)
-				return err
-			})})}, nil
+			return &greeter{gen: gen, Server: echodaemon.New(echodaemon.Config{Handler: &greetEcho{gen: gen}})}, nil
 		},
 	})
 	emit("exit", "gen=%d err=%v", gen, err)
@@ -188,4 +207,61 @@ func TestLostReadyReportDoesNotCommit(t *testing.T) {
 	if err := d.waitGen1(); err != nil {
 		t.Fatalf("generation 1 exited with %v, want status 0", err)
 	}
+}
+
+// TestMigrationSurvivesChildKilledMidTakeover: the new generation dies
+// (SIGKILL) in the middle of taking over 1,000 connections: none is lost,
+// generation 1 serves every one of them again and accepts again, and the
+// next reload moves them all.
+func TestMigrationSurvivesChildKilledMidTakeover(t *testing.T) {
+	failFile := filepath.Join(t.TempDir(), "fail")
+	d := startDaemon(t, daemonConfig{role: "run", failFile: failFile})
+	r1 := d.ready(1)
+	addr := r1.kv["addr"]
+	const n = 1000
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		_, _, conns[i] = dialID(t, addr, true)
+	}
+	echoAll := func(what string) {
+		t.Helper()
+		for i, c := range conns {
+			_ = c.SetDeadline(time.Now().Add(waitTimeout))
+			msg := fmt.Sprintf("%s %d\n", what, i)
+			if _, err := io.WriteString(c, msg); err != nil {
+				t.Fatalf("%s: connection %d: %v", what, i, err)
+			}
+			b := make([]byte, len(msg))
+			if _, err := io.ReadFull(c, b); err != nil || string(b) != msg {
+				t.Fatalf("%s: connection %d echoed %q, %v; want %q", what, i, b, err, msg)
+			}
+		}
+	}
+	if err := os.WriteFile(failFile, []byte("die-mid-takeover"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(r1.pid, unix.SIGHUP)
+	dying := d.nextEvent("generation 2 dying mid-takeover", kind("failing"))
+	up := d.upgradeResult(r1.pid)
+	if up.kind != "upgrade-failed" {
+		t.Fatalf("upgrade with a child killed mid-takeover: %s, want a failure", up)
+	}
+	d.waitExit(dying.pid)
+	echoAll("after the failed takeover")
+	if pid, gen, _ := dialID(t, addr, false); pid != r1.pid || gen != 1 {
+		t.Fatalf("a new connection is served by pid %d generation %d, want generation 1 (pid %d)", pid, gen, r1.pid)
+	}
+
+	if err := os.Remove(failFile); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(r1.pid, unix.SIGHUP)
+	r2 := d.nextEvent("generation 2 ready", func(e event) bool { return readyGen(2)(e) && e.pid != dying.pid })
+	checkUpgraded(t, d.upgradeResult(r1.pid), r2.pid, 2)
+	// Generation 1 handed every connection over: it exits while they are
+	// still open.
+	if err := d.waitGen1(); err != nil {
+		t.Fatalf("generation 1 exited with %v, want status 0", err)
+	}
+	echoAll("after the hand-over")
 }

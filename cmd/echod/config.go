@@ -30,6 +30,7 @@ type config struct {
 	Control        string        `toml:"control"`
 	LogLevel       string        `toml:"log-level"`
 	FDStore        bool          `toml:"fdstore"`
+	Migrate        bool          `toml:"migrate"`
 
 	configFile             string
 	specs                  []handoff.Spec
@@ -37,7 +38,7 @@ type config struct {
 }
 
 func defaultConfig() config {
-	c := config{DrainTimeout: 30 * time.Second, UpgradeTimeout: 10 * time.Second, LogLevel: "info"}
+	c := config{DrainTimeout: 30 * time.Second, UpgradeTimeout: 10 * time.Second, LogLevel: "info", Migrate: true}
 	if rd, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); rd != "" { // systemd's, the first if several
 		c.Control = rd + "/control.sock"
 	}
@@ -65,6 +66,7 @@ func flags(c *config, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.Control, "control", c.Control, "control socket for 'echod reload|status|stop' (default $RUNTIME_DIRECTORY/control.sock under systemd; empty: none)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&c.FDStore, "fdstore", c.FDStore, "keep the listeners echod binds in systemd's fd store (FileDescriptorStoreMax=), so restarts and crashes refuse no connection")
+	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "hand live connections to the new generation on reload (false: drain them in the old one)")
 	fs.BoolVar(&c.checkOnly, "check-config", false, "validate the flags and the config file as a reload would, then exit (0 valid, 2 invalid)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {

@@ -45,7 +45,7 @@ func TestSecondSIGTERMForcesStop(t *testing.T) {
 // already replaced (still draining a connection) is passed on to the
 // generation that serves, which reloads.
 func TestSIGHUPToDrainingGeneration(t *testing.T) {
-	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0")
+	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0", "-migrate=false")
 	c := mustEcho(t, "tcp", in.addrs[0], 10) // keeps generation 1 draining
 	defer c.Close()
 	pid1 := in.cmd.Process.Pid

@@ -89,6 +89,7 @@ func serve(cfg config, stderr io.Writer) error {
 		Signals:      sigs,
 		Systemd:      notifier,
 		Version:      version,
+		Migrate:      cfg.Migrate,
 		NewServer: func(g *handoff.Generation, _ []*handoff.Listener) (handoff.Server, error) {
 			srv = daemon.New(daemon.Config{IdleTimeout: cfg.IdleTimeout, MaxConns: cfg.MaxConns, Logger: log.With("gen", g.Number())})
 			return srv, nil

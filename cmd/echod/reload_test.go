@@ -15,7 +15,7 @@ import (
 // socket; new connections go to it; the old one exits after its last
 // connection closes.
 func TestReloadKeepsConnections(t *testing.T) {
-	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "60s")
+	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "60s", "-migrate=false")
 	addr := in.addrs[0]
 	pid1 := in.cmd.Process.Pid
 	inode := listenInode(t, addr)

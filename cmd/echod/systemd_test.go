@@ -228,10 +228,21 @@ func TestSystemdSocketActivationAndReload(t *testing.T) {
 		t.Fatalf("StatusText %q, want generation 1", u.show(t)["StatusText"])
 	}
 
-	// 20 reloads under load: MainPID follows every generation, the unit
-	// stays active, no connection fails.
+	// 20 reloads under load, with long-lived streams open: MainPID follows
+	// every generation, the unit stays active, no connection fails, every
+	// stream moves to each new generation (the old one exits at once).
 	lt := startLoad("tcp", u.tcp, 3)
 	lu := startLoad("unix", u.unix, 1)
+	ts, err := startStreams("tcp", u.tcp, 200, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ts.close()
+	su, err := startStreams("unix", u.unix, 50, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer su.close()
 	prev := u.show(t)["MainPID"]
 	for i := 1; i <= 20; i++ {
 		if out, err := u.systemctl(t, "reload", u.service()); err != nil {
@@ -249,8 +260,16 @@ func TestSystemdSocketActivationAndReload(t *testing.T) {
 		if got := strconv.Itoa(u.servingPID(t)); got != st["MainPID"] {
 			t.Fatalf("after reload %d: MainPID=%s but the serving generation is pid %s", i, st["MainPID"], got)
 		}
+		old, _ := strconv.Atoi(prev)
+		waitExit(t, old, 10*time.Second) // handed everything over: no drain
 		prev = st["MainPID"]
 	}
+	ts.close()
+	su.close()
+	if f := append(ts.failures(), su.failures()...); len(f) > 0 {
+		t.Fatalf("%d streams failed across 20 reloads: %v", len(f), f[:min(len(f), 5)])
+	}
+	t.Logf("250 streams: %d round trips verified across 20 reloads", ts.rounds.Load()+su.rounds.Load())
 	okT, failT, errsT := lt.stop()
 	okU, failU, errsU := lu.stop()
 	t.Logf("20 reloads under load: tcp %d ok %d failed, unix %d ok %d failed", okT, failT, okU, failU)
@@ -354,7 +373,7 @@ func TestSystemdFailedReload(t *testing.T) {
 // they closed.
 func TestSystemdStopDrains(t *testing.T) {
 	m := systemdtest.Start(t)
-	u := installShippedUnits(t, m, "")
+	u := installShippedUnits(t, m, " -migrate=false") // the old generation drains
 	u.startByActivation(t)
 	old := mustEcho(t, "tcp", u.tcp, 10)
 	oldPID, _ := strconv.Atoi(u.show(t)["MainPID"])

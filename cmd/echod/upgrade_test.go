@@ -227,7 +227,7 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 // generation still drains long-lived connections is not lost: it waits and
 // runs once that generation has exited. Several requests meanwhile coalesce.
 func TestReloadQueuedWhileDraining(t *testing.T) {
-	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0")
+	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0", "-migrate=false")
 	addr := in.addrs[0]
 	streams := make([]*echoConn, 50)
 	for i := range streams {

@@ -1,0 +1,798 @@
+package daemon_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/echod/echod/daemon"
+)
+
+var (
+	_ daemon.Resumer = (*daemon.Echo)(nil)
+	_ error          = (*daemon.Detached)(nil)
+)
+
+// detach calls srv.Detach with a bounded context and fails the test on an
+// error.
+func detach(t testing.TB, srv *daemon.Server) []daemon.DetachedConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	conns, err := srv.Detach(ctx)
+	if err != nil {
+		closeDetached(conns)
+		t.Fatalf("Detach = %d connections, %v", len(conns), err)
+	}
+	return conns
+}
+
+// adopt makes a net.Conn of every detached connection and has srv adopt it.
+func adopt(t testing.TB, srv *daemon.Server, conns []daemon.DetachedConn) {
+	t.Helper()
+	for i, d := range conns {
+		c, err := net.FileConn(d.File)
+		d.File.Close()
+		if err != nil {
+			closeDetached(conns[i+1:])
+			t.Fatalf("FileConn of detached connection %d (%s): %v", i, d.Remote, err)
+		}
+		if err := srv.Adopt(c, d.State); err != nil {
+			c.Close()
+			closeDetached(conns[i+1:])
+			t.Fatalf("Adopt of detached connection %d (%s): %v", i, d.Remote, err)
+		}
+	}
+}
+
+func closeDetached(conns []daemon.DetachedConn) {
+	for _, d := range conns {
+		d.File.Close()
+	}
+}
+
+// stream is a client that writes 8-byte big-endian counters 0, 1, 2, ...
+// without pause and checks that what comes back is exactly that sequence.
+// The writer stays at most window chunks ahead of the reader, so that
+// the bytes in flight stay few and the test finishes fast.
+type stream struct {
+	c      net.Conn
+	warm   chan struct{} // closed once warmCounters came back
+	stop   chan struct{} // closed by the test: write a tail, then half-close
+	result chan error    // the reader's verdict, once it saw EOF
+	wrote  uint64        // counters written; valid once result arrived
+}
+
+const (
+	warmCounters  = 1024 // echoed before the test detaches
+	tailCounters  = 2048 // written after stop, through the adopting server
+	chunkCounters = 128  // counters per write
+	window        = 16   // chunks written and not yet read back, at most
+)
+
+func startStream(c net.Conn) *stream {
+	s := &stream{c: c, warm: make(chan struct{}), stop: make(chan struct{}), result: make(chan error, 1)}
+	credit := make(chan struct{}, window)
+	for range window {
+		credit <- struct{}{}
+	}
+	readerDone := make(chan struct{})
+	wrote := make(chan uint64, 1)
+	go func() {
+		var n uint64
+		defer func() { wrote <- n }()
+		buf := make([]byte, 8*chunkCounters)
+		write := func() bool {
+			select {
+			case <-credit:
+			case <-readerDone:
+				return false
+			}
+			for i := range chunkCounters {
+				binary.BigEndian.PutUint64(buf[8*i:], n+uint64(i))
+			}
+			if err := c.SetWriteDeadline(time.Now().Add(ioTimeout)); err != nil {
+				return false
+			}
+			if _, err := c.Write(buf); err != nil {
+				return false // the reader reports the break
+			}
+			n += chunkCounters
+			return true
+		}
+		for {
+			select {
+			case <-s.stop:
+				for range tailCounters / chunkCounters {
+					if !write() {
+						return
+					}
+				}
+				_ = c.(interface{ CloseWrite() error }).CloseWrite()
+				return
+			default:
+				if !write() {
+					return
+				}
+			}
+		}
+	}()
+	go func() {
+		stopWriter := sync.OnceFunc(func() { close(readerDone) })
+		defer stopWriter()
+		r := bufio.NewReaderSize(c, 16<<10)
+		var want uint64
+		var b [8]byte
+		for {
+			if err := c.SetReadDeadline(time.Now().Add(ioTimeout)); err != nil {
+				s.result <- err
+				return
+			}
+			if _, err := io.ReadFull(r, b[:]); err != nil {
+				stopWriter() // one blocked waiting for credit returns
+				w := <-wrote
+				s.wrote = w
+				switch {
+				case err != io.EOF:
+					s.result <- fmt.Errorf("read after %d of %d counters: %w", want, w, err)
+				case want != w:
+					s.result <- fmt.Errorf("EOF after %d counters, %d written", want, w)
+				default:
+					s.result <- nil
+				}
+				return
+			}
+			if got := binary.BigEndian.Uint64(b[:]); got != want {
+				s.result <- fmt.Errorf("counter %d came back as %d", want, got)
+				return
+			}
+			want++
+			if want%chunkCounters == 0 {
+				credit <- struct{}{}
+			}
+			if want == warmCounters {
+				close(s.warm)
+			}
+		}
+	}()
+	return s
+}
+
+// TestDetachMigrate moves 200 busy client streams from one server to
+// another: every client writes counters without pause, server a serves
+// them, a.Detach takes them out at a safe point, server b adopts them and
+// the clients go on. Each client must get back exactly its sequence (no
+// gap, no duplicate, no reorder) and never see an EOF or a reset before
+// its own half-close.
+func TestDetachMigrate(t *testing.T) {
+	const n = 200
+	for _, network := range networks {
+		t.Run(network, func(t *testing.T) {
+			a := start(t, daemon.Config{}, network)
+			// Dial every client first: running streams slow the dials
+			// down.
+			clients := make([]net.Conn, n)
+			for i := range clients {
+				clients[i] = a.dial(t)
+			}
+			streams := make([]*stream, n)
+			for i, c := range clients {
+				streams[i] = startStream(c)
+			}
+			for i, s := range streams {
+				select {
+				case <-s.warm:
+				case err := <-s.result:
+					t.Fatalf("stream %d before the detach: %v", i, err)
+				case <-time.After(ioTimeout):
+					t.Fatalf("stream %d: no echo before the detach", i)
+				}
+			}
+
+			begin := time.Now()
+			conns := detach(t, a.srv)
+			took := time.Since(begin)
+			if err := recvWithin(t, a.serveErr, "Serve to return"); !errors.Is(err, daemon.ErrServerClosed) {
+				t.Fatalf("Serve after Detach = %v, want ErrServerClosed", err)
+			}
+			a.serveErr <- daemon.ErrServerClosed // for the cleanup
+			if len(conns) != n {
+				closeDetached(conns)
+				t.Fatalf("Detach returned %d connections, want %d", len(conns), n)
+			}
+			withState, stateBytes := 0, 0
+			for _, d := range conns {
+				if len(d.State) > 0 {
+					withState++
+					stateBytes += len(d.State)
+				}
+			}
+			t.Logf("Detach of %d busy streams took %v; %d carried state (%d bytes)", n, took, withState, stateBytes)
+			if st := a.srv.Stats(); st.Detached != n || st.Active != 0 || st.Closed != 0 || st.Accepted != n {
+				t.Errorf("old server Stats = %+v, want Accepted %d, Detached %d, Active 0, Closed 0", st, n, n)
+			}
+
+			b := daemon.New(daemon.Config{})
+			t.Cleanup(func() { closeWithin(t, b) })
+			adopt(t, b, conns)
+
+			for _, s := range streams {
+				close(s.stop)
+			}
+			var total uint64
+			for i, s := range streams {
+				if err := recvWithin(t, s.result, "a stream to end"); err != nil {
+					t.Errorf("stream %d: %v", i, err)
+				}
+				total += 8 * s.wrote
+			}
+			st := waitStats(t, b, "every stream to end", func(st daemon.Stats) bool { return st.Closed == n })
+			if st.Adopted != n || st.Active != 0 {
+				t.Errorf("new server Stats = %+v, want Adopted %d, Closed %d", st, n, n)
+			}
+			// What each server echoed adds up to what the clients wrote:
+			// nothing was written twice.
+			if got := a.srv.Stats().Bytes + st.Bytes; got != total {
+				t.Errorf("servers echoed %d bytes (%d + %d), clients wrote %d", got, a.srv.Stats().Bytes, st.Bytes, total)
+			}
+		})
+	}
+}
+
+// pattern returns n bytes of a sequence that does not repeat within 251
+// bytes, from offset off on.
+func pattern(off, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte((off + i) % 251)
+	}
+	return b
+}
+
+// TestDetachBlockedWrite: a client that writes and does not read blocks
+// the server's write. Detach still returns at once, with the bytes not
+// written back as the state, and the adopting server delivers them first.
+func TestDetachBlockedWrite(t *testing.T) {
+	for _, network := range networks {
+		t.Run(network, func(t *testing.T) {
+			a := start(t, daemon.Config{}, network)
+			c := a.dial(t)
+			mustEcho(t, c, []byte("hello"))
+
+			// Write until a write makes no progress for 200ms: the socket
+			// buffers are full both ways, so the server is blocked
+			// writing its echo back.
+			const chunk = 64 << 10
+			written := 0
+			for {
+				if err := c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond)); err != nil {
+					t.Fatal(err)
+				}
+				n, err := c.Write(pattern(written, chunk))
+				written += n
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					break
+				}
+				if err != nil {
+					t.Fatalf("write after %d bytes: %v", written, err)
+				}
+				if written > 256<<20 {
+					t.Fatalf("wrote %d bytes and the server still reads", written)
+				}
+			}
+
+			begin := time.Now()
+			conns := detach(t, a.srv)
+			took := time.Since(begin)
+			if len(conns) != 1 {
+				closeDetached(conns)
+				t.Fatalf("Detach returned %d connections, want 1", len(conns))
+			}
+			t.Logf("Detach with the server blocked writing took %v after the client wrote %d bytes; state: %d bytes", took, written, len(conns[0].State))
+			if len(conns[0].State) == 0 {
+				t.Errorf("no state: the server was blocked writing its echo, some of it unwritten")
+			}
+
+			b := daemon.New(daemon.Config{})
+			t.Cleanup(func() { closeWithin(t, b) })
+			adopt(t, b, conns)
+
+			if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatalf("read after the move: %v (%d bytes)", err, len(got))
+			}
+			want := pattern(0, written)
+			if len(got) != len(want) {
+				t.Fatalf("read %d bytes back, want %d", len(got), len(want))
+			}
+			for i := range got {
+				if got[i] != want[i] {
+					t.Fatalf("byte %d differs", i)
+				}
+			}
+			st := waitStats(t, b, "the connection to end", func(st daemon.Stats) bool { return st.Closed == 1 })
+			if sum := a.srv.Stats().Bytes + st.Bytes; sum != uint64(len("hello")+len(want)) {
+				t.Errorf("servers echoed %d bytes, want %d", sum, len("hello")+len(want))
+			}
+		})
+	}
+}
+
+// TestDetachNotResumer: with a handler that is not a Resumer, Detach stops
+// accepting and takes nothing; the connections are served on.
+func TestDetachNotResumer(t *testing.T) {
+	ts := start(t, daemon.Config{Handler: daemon.HandlerFunc(upper)}, "tcp")
+	c := ts.dial(t)
+	r := bufio.NewReader(c)
+	line := func(msg string) {
+		t.Helper()
+		if _, err := io.WriteString(c, msg+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		got, err := r.ReadString('\n')
+		if want := strings.ToUpper(msg) + "\n"; got != want || err != nil {
+			t.Fatalf("reply = %q, %v; want %q", got, err, want)
+		}
+	}
+	line("before")
+	if conns := detach(t, ts.srv); len(conns) != 0 {
+		closeDetached(conns)
+		t.Fatalf("Detach returned %d connections, want none", len(conns))
+	}
+	if err := recvWithin(t, ts.serveErr, "Serve to return"); !errors.Is(err, daemon.ErrServerClosed) {
+		t.Fatalf("Serve after Detach = %v, want ErrServerClosed", err)
+	}
+	ts.serveErr <- daemon.ErrServerClosed
+	line("after")
+	if st := ts.srv.Stats(); st.Active != 1 || st.Detached != 0 {
+		t.Errorf("Stats = %+v, want Active 1, Detached 0", st)
+	}
+}
+
+// connPair returns both ends of a fresh connection on network, closed
+// when the test ends.
+func connPair(t testing.TB, network string) (client, server net.Conn) {
+	t.Helper()
+	ln := listen(t, network)
+	defer ln.Close()
+	client, err := net.DialTimeout(network, ln.Addr().String(), ioTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	if err := client.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		t.Fatal(err)
+	}
+	return client, server
+}
+
+func TestAdoptErrors(t *testing.T) {
+	t.Run("not a Resumer", func(t *testing.T) {
+		srv := daemon.New(daemon.Config{Handler: daemon.HandlerFunc(upper)})
+		defer closeWithin(t, srv)
+		_, sc := connPair(t, "tcp")
+		if err := srv.Adopt(sc, nil); !errors.Is(err, daemon.ErrNotResumer) {
+			t.Errorf("Adopt = %v, want ErrNotResumer", err)
+		}
+	})
+	t.Run("full", func(t *testing.T) {
+		ts := start(t, daemon.Config{MaxConns: 1}, "tcp")
+		first := ts.dial(t)
+		mustEcho(t, first, []byte("first"))
+		cc, sc := connPair(t, "tcp")
+		if err := ts.srv.Adopt(sc, []byte("state ")); !errors.Is(err, daemon.ErrFull) {
+			t.Fatalf("Adopt with MaxConns served = %v, want ErrFull", err)
+		}
+		// The connection stayed the caller's, untouched.
+		if _, err := sc.Write([]byte("x")); err != nil {
+			t.Fatalf("write on the refused connection: %v", err)
+		}
+		buf := make([]byte, 1)
+		if _, err := io.ReadFull(cc, buf); err != nil || buf[0] != 'x' {
+			t.Fatalf("refused connection: read %q, %v", buf, err)
+		}
+		first.Close()
+		waitStats(t, ts.srv, "the first connection to end", func(st daemon.Stats) bool { return st.Active == 0 })
+		if err := ts.srv.Adopt(sc, []byte("state ")); err != nil {
+			t.Fatalf("Adopt with a free slot = %v", err)
+		}
+		got := make([]byte, len("state "))
+		if _, err := io.ReadFull(cc, got); err != nil || string(got) != "state " {
+			t.Fatalf("adopted connection: state read %q, %v", got, err)
+		}
+		mustEcho(t, cc, []byte("adopted"))
+		if st := ts.srv.Stats(); st.Adopted != 1 || st.Active != 1 {
+			t.Errorf("Stats = %+v, want Adopted 1, Active 1", st)
+		}
+	})
+	t.Run("Shutdown", func(t *testing.T) {
+		// During a Shutdown Adopt is accepted and Shutdown waits for the
+		// connection; once Shutdown returned, Adopt refuses.
+		ts := start(t, daemon.Config{}, "tcp")
+		c := ts.dial(t)
+		mustEcho(t, c, []byte("x"))
+		shut := shutdownAsync(ts.srv, ioTimeout)
+		recvWithin(t, ts.lnClosed, "Shutdown to close the listener")
+		cc, sc := connPair(t, "unix")
+		if err := ts.srv.Adopt(sc, nil); err != nil {
+			t.Fatalf("Adopt during Shutdown = %v", err)
+		}
+		c.Close()
+		waitStats(t, ts.srv, "the accepted connection to end", func(st daemon.Stats) bool { return st.Closed == 1 })
+		mustEcho(t, cc, []byte("adopted while draining"))
+		select {
+		case err := <-shut:
+			t.Fatalf("Shutdown returned %v with an adopted connection open", err)
+		default:
+		}
+		cc.Close()
+		if err := recvWithin(t, shut, "Shutdown"); err != nil {
+			t.Fatalf("Shutdown = %v", err)
+		}
+		_, sc2 := connPair(t, "tcp")
+		if err := ts.srv.Adopt(sc2, nil); !errors.Is(err, daemon.ErrServerClosed) {
+			t.Errorf("Adopt after Shutdown returned = %v, want ErrServerClosed", err)
+		}
+	})
+	t.Run("Close", func(t *testing.T) {
+		srv := daemon.New(daemon.Config{})
+		closeWithin(t, srv)
+		_, sc := connPair(t, "tcp")
+		if err := srv.Adopt(sc, nil); !errors.Is(err, daemon.ErrServerClosed) {
+			t.Errorf("Adopt after Close = %v, want ErrServerClosed", err)
+		}
+	})
+}
+
+// TestDetachTakeBack: connections detached and then adopted by the same
+// server (a hand-over that failed) are served on, and Serve accepts again
+// on a new listener after Detach stopped the old one.
+func TestDetachTakeBack(t *testing.T) {
+	ts := start(t, daemon.Config{}, "tcp")
+	var clients []net.Conn
+	for i := range 3 {
+		c := ts.dial(t)
+		mustEcho(t, c, payload(uint64(i), 100))
+		clients = append(clients, c)
+	}
+	conns := detach(t, ts.srv)
+	if len(conns) != 3 {
+		closeDetached(conns)
+		t.Fatalf("Detach returned %d connections, want 3", len(conns))
+	}
+	adopt(t, ts.srv, conns)
+	for i, c := range clients {
+		mustEcho(t, c, payload(uint64(10+i), 20<<10))
+	}
+	ln := listen(t, "tcp")
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- ts.srv.Serve(ln) }()
+	t.Cleanup(func() {
+		closeWithin(t, ts.srv)
+		if err := recvWithin(t, serveErr, "second Serve"); !errors.Is(err, daemon.ErrServerClosed) {
+			t.Errorf("second Serve = %v", err)
+		}
+	})
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), ioTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		t.Fatal(err)
+	}
+	mustEcho(t, c, []byte("accepted after the detach"))
+	st := ts.srv.Stats()
+	if st.Accepted != 4 || st.Detached != 3 || st.Adopted != 3 || st.Active != 4 {
+		t.Errorf("Stats = %+v, want Accepted 4, Detached 3, Adopted 3, Active 4", st)
+	}
+}
+
+// holdingEcho is an Echo whose connections start serving only once hold is
+// closed: until then a handler ignores its context and its deadlines,
+// like one busy elsewhere.
+type holdingEcho struct {
+	daemon.Echo
+	started chan struct{} // receives one value per connection served
+	hold    chan struct{}
+}
+
+func (h *holdingEcho) ServeConn(ctx context.Context, c net.Conn) error {
+	h.started <- struct{}{}
+	<-h.hold
+	return h.Echo.ServeConn(ctx, c)
+}
+
+// interruptedConn reports every deadline set in the past, the way Detach
+// interrupts a connection's I/O. It keeps the descriptor reachable
+// (SyscallConn), so the connection can still be detached.
+type interruptedConn struct {
+	net.Conn
+	interrupted chan<- struct{}
+}
+
+func (c interruptedConn) SetDeadline(t time.Time) error {
+	err := c.Conn.SetDeadline(t)
+	if !t.IsZero() && t.Before(time.Now()) {
+		c.interrupted <- struct{}{}
+	}
+	return err
+}
+
+func (c interruptedConn) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
+}
+
+type interruptedListener struct {
+	net.Listener
+	interrupted chan struct{}
+}
+
+func (l interruptedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return interruptedConn{c, l.interrupted}, nil
+}
+
+// TestDetachLate: a handler that has not answered when Detach's context
+// ends keeps its connection, served on. When it answers later it is
+// resumed in place; or, once a second Detach started, taken out by it.
+func TestDetachLate(t *testing.T) {
+	for _, second := range []bool{false, true} {
+		t.Run(fmt.Sprintf("second detach %v", second), func(t *testing.T) {
+			h := &holdingEcho{started: make(chan struct{}, 1), hold: make(chan struct{})}
+			interrupted := make(chan struct{}, 2)
+			ts := startWrapped(t, daemon.Config{Handler: h}, "tcp", func(ln net.Listener) net.Listener {
+				return interruptedListener{ln, interrupted}
+			})
+			c := ts.dial(t)
+			recvWithin(t, h.started, "the handler to start")
+			if _, err := c.Write([]byte("abc")); err != nil {
+				t.Fatal(err)
+			}
+
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			conns, err := ts.srv.Detach(ctx)
+			if !errors.Is(err, context.DeadlineExceeded) || len(conns) != 0 {
+				closeDetached(conns)
+				t.Fatalf("Detach = %d connections, %v; want none, DeadlineExceeded", len(conns), err)
+			}
+			t.Logf("Detach: %v", err)
+			recvWithin(t, interrupted, "the first Detach to interrupt the connection")
+
+			var detached chan []daemon.DetachedConn
+			if second {
+				detached = make(chan []daemon.DetachedConn, 1)
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+					defer cancel()
+					conns, err := ts.srv.Detach(ctx)
+					if err != nil {
+						t.Errorf("second Detach: %v", err)
+					}
+					detached <- conns
+				}()
+				// The connection left over from the first Detach is
+				// part of the second one before its handler answers.
+				recvWithin(t, interrupted, "the second Detach to interrupt the connection")
+			}
+			close(h.hold)
+			if second {
+				conns := recvWithin(t, detached, "the second Detach")
+				if len(conns) != 1 {
+					closeDetached(conns)
+					t.Fatalf("second Detach returned %d connections, want 1", len(conns))
+				}
+				t.Logf("second Detach: state %q", conns[0].State)
+				b := daemon.New(daemon.Config{})
+				t.Cleanup(func() { closeWithin(t, b) })
+				adopt(t, b, conns)
+			}
+			got := make([]byte, 3)
+			if _, err := io.ReadFull(c, got); err != nil || string(got) != "abc" {
+				t.Fatalf("echo of the bytes sent before the detach: %q, %v", got, err)
+			}
+			mustEcho(t, c, []byte("served on"))
+			st := ts.srv.Stats()
+			if second {
+				if st.Detached != 1 || st.Active != 0 {
+					t.Errorf("Stats = %+v, want Detached 1, Active 0", st)
+				}
+			} else if st.Detached != 0 || st.Active != 1 || st.Closed != 0 {
+				t.Errorf("Stats = %+v, want Detached 0, Active 1, Closed 0", st)
+			}
+		})
+	}
+}
+
+// resumerFunc is a Resumer made of two functions.
+type resumerFunc struct {
+	serve  func(ctx context.Context, c net.Conn) error
+	resume func(ctx context.Context, c net.Conn, state []byte) error
+}
+
+func (r resumerFunc) ServeConn(ctx context.Context, c net.Conn) error { return r.serve(ctx, c) }
+func (r resumerFunc) ResumeConn(ctx context.Context, c net.Conn, state []byte) error {
+	return r.resume(ctx, c, state)
+}
+
+// TestDetachEndedMeanwhile: a connection whose handler ends otherwise
+// during the Detach is closed, not returned; a handler that wraps its
+// *Detached is understood.
+func TestDetachEndedMeanwhile(t *testing.T) {
+	h := resumerFunc{
+		serve: func(ctx context.Context, c net.Conn) error {
+			b := make([]byte, 1)
+			if _, err := io.ReadFull(c, b); err != nil {
+				return err
+			}
+			if _, err := c.Write(b); err != nil {
+				return err
+			}
+			<-ctx.Done()
+			if b[0] == 'e' {
+				return nil // ended: the peer said goodbye, say
+			}
+			return fmt.Errorf("stopped: %w", &daemon.Detached{State: []byte("state of " + string(b))})
+		},
+		resume: func(context.Context, net.Conn, []byte) error { return errors.New("not here") },
+	}
+	ts := start(t, daemon.Config{Handler: h}, "unix")
+	ended, moved := ts.dial(t), ts.dial(t)
+	mustEcho(t, ended, []byte("e"))
+	mustEcho(t, moved, []byte("m"))
+	conns := detach(t, ts.srv)
+	defer closeDetached(conns)
+	if len(conns) != 1 || string(conns[0].State) != "state of m" {
+		t.Fatalf("Detach returned %d connections (%+v), want 1 with the state of m", len(conns), conns)
+	}
+	buf := make([]byte, 1)
+	if n, err := ended.Read(buf); n != 0 || err != io.EOF {
+		t.Errorf("ended connection: read %d, %v; want EOF", n, err)
+	}
+	if st := ts.srv.Stats(); st.Detached != 1 || st.Closed != 1 || st.Active != 0 {
+		t.Errorf("Stats = %+v, want Detached 1, Closed 1, Active 0", st)
+	}
+	// The moved client got no EOF: the socket lives on in the file.
+	if err := moved.SetReadDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := moved.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("moved connection: read %d, %v; want a timeout", n, err)
+	}
+}
+
+// hiddenConn hides the connection's file descriptor (it has no
+// SyscallConn method), so it cannot be duplicated.
+type hiddenConn struct{ net.Conn }
+
+type hidingListener struct{ net.Listener }
+
+func (l hidingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return hiddenConn{c}, nil
+}
+
+// TestDetachNoDescriptor: a connection whose descriptor cannot be
+// duplicated is not lost: Detach reports it and it is served on.
+func TestDetachNoDescriptor(t *testing.T) {
+	srv := daemon.New(daemon.Config{})
+	ln := listen(t, "tcp")
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(hidingListener{ln}) }()
+	t.Cleanup(func() {
+		closeWithin(t, srv)
+		recvWithin(t, serveErr, "Serve")
+	})
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), ioTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		t.Fatal(err)
+	}
+	mustEcho(t, c, []byte("before"))
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	conns, err := srv.Detach(ctx)
+	closeDetached(conns)
+	if err == nil || len(conns) != 0 {
+		t.Fatalf("Detach = %d connections, %v; want none and an error", len(conns), err)
+	}
+	t.Logf("Detach: %v", err)
+	mustEcho(t, c, []byte("served on"))
+	if st := srv.Stats(); st.Active != 1 || st.Detached != 0 || st.Closed != 0 {
+		t.Errorf("Stats = %+v, want Active 1", st)
+	}
+}
+
+// TestDetachClose: Close makes a Detach under way return; Detach after
+// Close refuses.
+func TestDetachClose(t *testing.T) {
+	h := &holdingEcho{started: make(chan struct{}, 1), hold: make(chan struct{})}
+	ts := start(t, daemon.Config{Handler: h}, "tcp")
+	c := ts.dial(t)
+	recvWithin(t, h.started, "the handler to start")
+	res := make(chan error, 1)
+	go func() {
+		conns, err := ts.srv.Detach(context.Background())
+		closeDetached(conns)
+		res <- err
+	}()
+	recvWithin(t, ts.lnClosed, "Detach to stop accepting")
+	closed := make(chan int, 1)
+	go func() { closed <- closeWithin(t, ts.srv) }()
+	if err := recvWithin(t, res, "Detach to return after Close"); !errors.Is(err, daemon.ErrServerClosed) {
+		t.Errorf("Detach during Close = %v, want ErrServerClosed", err)
+	}
+	close(h.hold) // the handler then finds its connection closed
+	if n := recvWithin(t, closed, "Close"); n != 1 {
+		t.Errorf("Close cut %d connections, want 1", n)
+	}
+	buf := make([]byte, 1)
+	if n, err := c.Read(buf); n != 0 || err != io.EOF {
+		t.Errorf("client after Close: read %d, %v; want EOF", n, err)
+	}
+	if _, err := ts.srv.Detach(context.Background()); !errors.Is(err, daemon.ErrServerClosed) {
+		t.Errorf("Detach after Close = %v, want ErrServerClosed", err)
+	}
+}
+
+// TestDetachIdleTimeout: with an IdleTimeout the echo sets a read deadline
+// before every read; a Detach still interrupts it, and the adopter keeps
+// the timeout.
+func TestDetachIdleTimeout(t *testing.T) {
+	const idle = time.Minute
+	a := start(t, daemon.Config{IdleTimeout: idle}, "tcp")
+	var clients []net.Conn
+	for i := range 20 {
+		c := a.dial(t)
+		mustEcho(t, c, payload(uint64(i), 1000))
+		clients = append(clients, c)
+	}
+	conns := detach(t, a.srv)
+	if len(conns) != len(clients) {
+		closeDetached(conns)
+		t.Fatalf("Detach returned %d connections, want %d", len(conns), len(clients))
+	}
+	b := daemon.New(daemon.Config{IdleTimeout: idle})
+	t.Cleanup(func() { closeWithin(t, b) })
+	adopt(t, b, conns)
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Go(func() {
+			if err := echo(c, payload(uint64(100+i), 30<<10)); err != nil {
+				t.Errorf("client %d after the move: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+}

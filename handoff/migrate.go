@@ -1,0 +1,355 @@
+//go:build linux
+
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/echod/echod/daemon"
+)
+
+// The connection hand-over, part of an upgrade, before its commit, over
+// the upgrade's channel (protocol version 2, see proto.go). A child that
+// adopts live connections says so in its ready message; then:
+//
+//	parent → child  conns   a batch: up to maxFDsPerMessage sockets
+//	                        (SCM_RIGHTS) and, in the body, each one's
+//	                        handler state
+//	child → parent  accept  how many of the batch it took (a prefix: the
+//	                        rest did not fit its room, or were cut by
+//	                        MSG_CTRUNC) and whether it is full; it serves
+//	                        none of them yet
+//	parent → child  done    no more batches: the child commits (tableflip's
+//	                        readiness byte) and only then serves the
+//	                        listeners and the connections it took
+//
+// One owner at every instant: the parent pauses accepting and takes every
+// connection out of its server at a safe point before the first batch,
+// and keeps a descriptor of each until the upgrade's outcome. If the child
+// commits, the connections it took are its own and the parent closes its
+// copies; if it dies, hangs (no accept within ackTimeout, or not ready
+// within the upgrade timeout) or breaks the channel first, it never served
+// any of them, and the parent takes every one back and accepts again.
+
+// Message types of the hand-over.
+const (
+	msgConns  msgType = 5
+	msgAccept msgType = 6
+	msgDone   msgType = 8
+)
+
+type connsMsg struct {
+	Batch int         `json:"batch"`
+	Conns []connState `json:"conns"`
+}
+
+type connState struct {
+	State  []byte `json:"state,omitempty"`
+	Remote string `json:"remote,omitempty"`
+}
+
+type acceptMsg struct {
+	Batch int  `json:"batch"`
+	Taken int  `json:"taken"`
+	Full  bool `json:"full,omitempty"`
+}
+
+type doneMsg struct {
+	Sent int `json:"sent"` // connections the parent sent
+}
+
+// maxBatchBody bounds the states carried in one conns message, so the
+// packet stays within maxMessage.
+const maxBatchBody = 48 << 10
+
+// ackTimeout bounds the wait for a batch's accept.
+const ackTimeout = 10 * time.Second
+
+// Migration is how a generation hands its live connections to the next
+// one (see Generation.MigrateWith); Run builds it from a Migrator.
+type Migration struct {
+	// Pause stops accepting, so the connections detached next are all
+	// there are; the listening sockets stay open (the backlog holds new
+	// clients).
+	Pause func()
+	// Resume accepts again, after a failed upgrade.
+	Resume func()
+	// Detach takes every live connection that can move out of the
+	// server, at a safe point.
+	Detach func(ctx context.Context) ([]daemon.DetachedConn, error)
+	// Adopt serves a connection again: one the new generation did not
+	// take, or all of them after a failed upgrade.
+	Adopt func(c net.Conn, state []byte) error
+}
+
+// HandOverResult tells how a hand-over went.
+type HandOverResult struct {
+	Moved int           // connections the new generation took
+	Kept  int           // connections this generation kept (they drain here)
+	Lost  int           // connections that could not be served again here
+	Took  time.Duration // from the pause to the outcome
+	Err   error         // why it stopped early or failed, if it did
+}
+
+// MigrateWith makes this generation hand its live connections to the new
+// generation during each upgrade, through m, when the new generation
+// adopts them (see AcceptConns). Call it before Ready.
+func (g *Generation) MigrateWith(m Migration) {
+	g.mu.Lock()
+	g.migration = &m
+	g.mu.Unlock()
+}
+
+// LastHandOver is what the last successful upgrade's hand-over did.
+func (g *Generation) LastHandOver() HandOverResult {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.lastHand
+}
+
+// handOver runs the parent's side, once the child said it is ready and
+// adopts connections. It returns the connections sent (the parent keeps
+// them until the outcome), and those the child did not take.
+func (g *Generation) handOver(ch *channel, msgs <-chan recvResult, upErr <-chan error) (sent, kept []daemon.DetachedConn, err error) {
+	g.mu.Lock()
+	m := g.migration
+	g.mu.Unlock()
+	if m == nil {
+		return nil, nil, ch.send(msgDone, doneMsg{})
+	}
+	m.Pause()
+	ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
+	conns, err := m.Detach(ctx)
+	cancel()
+	if err != nil {
+		g.logger().Warn("detaching connections", "err", err)
+	}
+	rest := conns
+	for batch := 1; len(rest) > 0; batch++ {
+		n, body := batchOf(rest)
+		if n == 0 {
+			// A state too large for a message: it stays here.
+			kept = append(kept, rest[0])
+			rest = rest[1:]
+			continue
+		}
+		body.Batch = batch
+		fds := make([]int, n)
+		for i, c := range rest[:n] {
+			fds[i] = int(c.File.Fd())
+		}
+		if err := ch.send(msgConns, body, fds...); err != nil {
+			return sent, append(kept, rest...), err
+		}
+		a, err := waitAccept(msgs, upErr, batch, n)
+		if err != nil {
+			// Sent but not accepted: the child will not commit (it gets no
+			// done); keep them all.
+			return sent, append(kept, rest...), err
+		}
+		sent = append(sent, rest[:a.Taken]...)
+		kept = append(kept, rest[a.Taken:n]...)
+		rest = rest[n:]
+		if a.Full {
+			kept = append(kept, rest...)
+			rest = nil
+		}
+	}
+	if err := ch.send(msgDone, doneMsg{Sent: len(sent)}); err != nil {
+		return sent, kept, err
+	}
+	return sent, kept, nil
+}
+
+// waitAccept waits for the child's accept of batch (n connections).
+func waitAccept(msgs <-chan recvResult, upErr <-chan error, batch, n int) (acceptMsg, error) {
+	t := time.NewTimer(ackTimeout)
+	defer t.Stop()
+	select {
+	case r := <-msgs:
+		closeFiles(r.files)
+		if r.err != nil {
+			return acceptMsg{}, fmt.Errorf("handoff: batch %d: %w", batch, r.err)
+		}
+		var a acceptMsg
+		if r.m.Type != msgAccept {
+			return a, fmt.Errorf("%w: batch %d: expected accept, got %s", ErrProtocol, batch, r.m.Type)
+		}
+		if err := decodeBody(r.m, &a); err != nil {
+			return a, err
+		}
+		if a.Batch != batch || a.Taken < 0 || a.Taken > n {
+			return a, fmt.Errorf("%w: batch %d of %d: accept %+v", ErrProtocol, batch, n, a)
+		}
+		return a, nil
+	case err := <-upErr:
+		// The upgrade ended (the child died) during the hand-over; put it
+		// back for the caller.
+		return acceptMsg{}, &upgradeEnded{err}
+	case <-t.C:
+		return acceptMsg{}, fmt.Errorf("handoff: batch %d: no answer from the new generation within %v", batch, ackTimeout)
+	}
+}
+
+// upgradeEnded carries tableflip's outcome, received while waiting for an
+// accept.
+type upgradeEnded struct{ err error }
+
+func (u *upgradeEnded) Error() string {
+	return fmt.Sprintf("the new generation ended during the hand-over: %v", u.err)
+}
+
+// settle ends a hand-over once the upgrade's outcome is known: on success
+// the sent connections are the new generation's (this process closes its
+// copies) and the kept ones are served here again; on failure every one
+// is served here again and accepting resumes.
+func (g *Generation) settle(success bool, sent, kept []daemon.DetachedConn, started time.Time, herr error) {
+	g.mu.Lock()
+	m := g.migration
+	g.mu.Unlock()
+	if m == nil {
+		return
+	}
+	res := HandOverResult{Err: herr}
+	back := kept
+	if success {
+		for _, c := range sent {
+			c.File.Close()
+		}
+		res.Moved = len(sent)
+	} else {
+		back = append(append([]daemon.DetachedConn(nil), sent...), kept...)
+	}
+	for _, d := range back {
+		c, err := net.FileConn(d.File)
+		d.File.Close()
+		if err == nil {
+			if err = m.Adopt(c, d.State); err != nil {
+				c.Close()
+			}
+		}
+		if err != nil {
+			res.Lost++
+			g.logger().Error("a connection could not be served again", "remote", d.Remote, "err", err)
+		}
+	}
+	res.Kept = len(back) - res.Lost
+	if !success {
+		m.Resume()
+	}
+	res.Took = time.Since(started)
+	if success {
+		g.mu.Lock()
+		g.lastHand = res
+		g.mu.Unlock()
+	}
+	if len(sent)+len(kept) > 0 || herr != nil {
+		g.logger().Info("connection hand-over", "upgrade_succeeded", success, "moved", res.Moved, "kept", res.Kept, "lost", res.Lost, "took", res.Took.Round(time.Microsecond), "err", herr)
+	}
+}
+
+// batchOf returns how many of conns go in the next batch and its body.
+func batchOf(conns []daemon.DetachedConn) (int, connsMsg) {
+	var body connsMsg
+	size := 0
+	for _, c := range conns {
+		if len(body.Conns) == maxFDsPerMessage {
+			break
+		}
+		sz := len(c.State)*4/3 + len(c.Remote) + 32 // base64 in JSON
+		if size+sz > maxBatchBody {
+			break
+		}
+		size += sz
+		body.Conns = append(body.Conns, connState{State: c.State, Remote: c.Remote})
+	}
+	return len(body.Conns), body
+}
+
+// Adopter serves a connection another generation handed over: daemon's
+// Server.Adopt.
+type Adopter func(c net.Conn, state []byte) error
+
+// adoptedConn is a connection taken over and not served yet.
+type adoptedConn struct {
+	c      net.Conn
+	state  []byte
+	remote string
+}
+
+// receiveConns runs in a new generation that adopts connections, after
+// its ready and before its commit: it takes the batches its parent sends,
+// within room, until done. It serves none: they are the parent's until
+// the commit. An error means no commit: the caller closes what it got.
+func (l *parentLink) receiveConns(room func() int) ([]adoptedConn, error) {
+	var got []adoptedConn
+	full := false
+	for {
+		m, files, ctrunc, err := l.ch.recv(true, time.Time{})
+		if err != nil {
+			if errors.Is(err, errEOF) {
+				err = errors.New("handoff: the previous generation closed the channel during the hand-over")
+			}
+			return got, err
+		}
+		switch m.Type {
+		case msgDone:
+			closeFiles(files)
+			return got, nil
+		case msgConns:
+		default:
+			closeFiles(files)
+			return got, fmt.Errorf("%w: unexpected %s during the hand-over", ErrProtocol, m.Type)
+		}
+		var b connsMsg
+		if err := decodeBody(m, &b); err != nil || len(files) > len(b.Conns) {
+			closeFiles(files)
+			if err == nil {
+				err = fmt.Errorf("%w: %d fds for %d states", ErrProtocol, len(files), len(b.Conns))
+			}
+			return got, err
+		}
+		// Take a prefix: what arrived (MSG_CTRUNC cuts the tail), within
+		// room, and what becomes a connection.
+		limit := len(files)
+		if full {
+			limit = 0
+		} else if r := room(); r < limit {
+			limit = max(r, 0)
+		}
+		taken := 0
+		for _, f := range files[:limit] {
+			c, err := net.FileConn(f)
+			if err != nil {
+				break
+			}
+			got = append(got, adoptedConn{c: c, state: b.Conns[taken].State, remote: b.Conns[taken].Remote})
+			taken++
+		}
+		closeFiles(files)
+		full = full || ctrunc || taken < len(b.Conns)
+		if err := l.ch.send(msgAccept, acceptMsg{Batch: b.Batch, Taken: taken, Full: full}); err != nil {
+			return got, err
+		}
+		if afterAccept != nil {
+			afterAccept(b.Batch)
+		}
+	}
+}
+
+// afterAccept, set only by tests (export_test.go), runs after the child
+// accepted a batch.
+var afterAccept func(batch int)
+
+// recvResult is one receive on the parent's reader.
+type recvResult struct {
+	m      message
+	files  []*os.File
+	ctrunc bool
+	err    error
+}
