@@ -2,15 +2,19 @@ package handoff
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/echod/echod/daemon"
 )
 
 // TestSetLoggerAndRemoveLaterAreSynchronised: SetLogger and the fd store
@@ -128,8 +132,8 @@ func TestChannelTruncation(t *testing.T) {
 // FuzzDecodeMessage: whatever a packet holds, decoding never panics, and
 // what decodes re-encodes to the same frame.
 func FuzzDecodeMessage(f *testing.F) {
-	for _, t := range []msgType{msgOffer, msgHello, msgReady, msgFailed} {
-		b, _ := encodeMessage(t, map[string]any{"generation": 2, "pid": 9, "reason": "x", "stored": []string{"a"}})
+	for _, t := range []msgType{msgOffer, msgHello, msgReady, msgFailed, msgConns, msgAccept, msgDone} {
+		b, _ := encodeMessage(t, map[string]any{"generation": 2, "pid": 9, "reason": "x", "stored": []string{"a"}, "batch": 1, "taken": 3, "conns": []map[string]any{{"state": []byte("st"), "remote": "r"}}})
 		f.Add(b)
 	}
 	f.Add([]byte("EHND\x02\x01null"))
@@ -142,8 +146,100 @@ func FuzzDecodeMessage(f *testing.F) {
 		if !json.Valid(m.Body) || m.Version != protoVersion {
 			t.Fatalf("accepted %q", b)
 		}
-		for _, v := range []any{&offer{}, &hello{}, &ready{}, &failed{}} {
+		for _, v := range []any{&offer{}, &hello{}, &ready{}, &failed{}, &connsMsg{}, &acceptMsg{}, &doneMsg{}} {
 			_ = decodeBody(m, v)
 		}
 	})
+}
+
+// TestHandOverWithinRoom: the parent's and the child's sides of the
+// hand-over over a real channel: the child takes what its room allows (a
+// prefix), says it is full, and the parent keeps the rest; the fds that
+// moved are the very sockets (a byte written to the peer arrives).
+func TestHandOverWithinRoom(t *testing.T) {
+	parentEnd, childFile, err := newChannelPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer parentEnd.Close()
+	childEnd, err := channelFromFile(childFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer childEnd.Close()
+
+	const n, room = 600, 300
+	var conns []daemon.DetachedConn
+	var peers []*os.File
+	for i := range n {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, daemon.DetachedConn{File: os.NewFile(uintptr(fds[0]), "c"), State: []byte{byte(i)}, Remote: "peer"})
+		peers = append(peers, os.NewFile(uintptr(fds[1]), "p"))
+	}
+	defer closeFiles(peers)
+
+	g := &Generation{log: slog.New(slog.DiscardHandler)}
+	g.MigrateWith(Migration{
+		Pause:  func() {},
+		Resume: func() {},
+		Detach: func(context.Context) ([]daemon.DetachedConn, error) { return conns, nil },
+		Adopt:  func(net.Conn, []byte) error { return nil },
+	})
+	type childResult struct {
+		got []adoptedConn
+		err error
+	}
+	done := make(chan childResult, 1)
+	go func() {
+		l := &parentLink{version: protoVersion, ch: childEnd}
+		// The room shrinks by what was taken, as the real fd count does:
+		// 300, then 300-253.
+		calls := 0
+		got, err := l.receiveConns(func() int {
+			calls++
+			return room - (calls-1)*maxFDsPerMessage
+		})
+		done <- childResult{got, err}
+	}()
+	msgs, stop := startReader(parentEnd)
+	sent, kept, err := g.handOver(parentEnd, msgs, make(chan error))
+	stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	defer func() {
+		for _, a := range res.got {
+			a.c.Close()
+		}
+	}()
+	if len(sent) != len(res.got) || len(sent)+len(kept) != n {
+		t.Fatalf("sent %d, child got %d, kept %d; want sent == got and sent+kept == %d", len(sent), len(res.got), len(kept), n)
+	}
+	if len(sent) != room {
+		t.Fatalf("the child took %d, want its room, %d", len(sent), room)
+	}
+	for i, a := range res.got {
+		if len(a.state) != 1 || a.state[0] != byte(i) {
+			t.Fatalf("connection %d came with state %v, want [%d]", i, a.state, byte(i))
+		}
+	}
+	// The same socket: what the peer writes, the adopted conn reads.
+	if _, err := peers[0].Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	_ = res.got[0].c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 1)
+	if _, err := res.got[0].c.Read(b); err != nil || b[0] != 'x' {
+		t.Fatalf("adopted conn read %q, %v", b, err)
+	}
+	for _, c := range append(sent, kept...) {
+		c.File.Close()
+	}
 }

@@ -617,6 +617,18 @@ func (r *runner) status() string {
 	if r.cfg.Status != nil {
 		b.WriteString(", " + r.cfg.Status())
 	}
+	select {
+	case <-r.g.Adopted():
+		if a := r.g.AdoptedResult(); a.Moved > 0 || a.Lost > 0 {
+			fmt.Fprintf(&b, "; adopted %d connections from generation %d", a.Moved, r.g.Number()-1)
+		}
+	default:
+	}
+	if p == phaseReplaced {
+		if h := r.g.LastHandOver(); h.Moved+h.Kept+h.Lost > 0 {
+			fmt.Fprintf(&b, "; handed %d connections to generation %d in %s, %d draining here", h.Moved, r.g.Number()+1, h.Took.Round(time.Millisecond), h.Kept)
+		}
+	}
 	if failed > 0 {
 		fmt.Fprintf(&b, "; %d failed reloads", failed)
 	}

@@ -213,9 +213,9 @@ func startReader(ch *channel) (<-chan recvResult, func()) {
 	}()
 	return out, func() {
 		close(quit)
-		_ = ch.c.SetReadDeadline(time.Now()) // ends a receive in progress
+		ch.interrupt() // ends a receive in progress, or about to start
 		<-done
-		_ = ch.c.SetReadDeadline(time.Time{})
+		ch.resume()
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -197,6 +198,26 @@ func decodeBody(m message, v any) error {
 // channel is one end of the hand-over socketpair.
 type channel struct {
 	c *net.UnixConn
+	// interrupted makes a waiting recv return errInterrupted (see
+	// interrupt); recv sets its own deadline, so a deadline alone could be
+	// undone by a recv that starts just after it was set.
+	interrupted atomic.Bool
+}
+
+// errInterrupted: interrupt was called.
+var errInterrupted = errors.New("handoff: receive interrupted")
+
+// interrupt makes a recv in progress, or starting now, return
+// errInterrupted, until resume.
+func (ch *channel) interrupt() {
+	ch.interrupted.Store(true)
+	_ = ch.c.SetReadDeadline(time.Now())
+}
+
+// resume undoes interrupt.
+func (ch *channel) resume() {
+	ch.interrupted.Store(false)
+	_ = ch.c.SetReadDeadline(time.Time{})
 }
 
 // newChannelPair returns the parent's end and, as a file for tableflip to
@@ -274,6 +295,9 @@ func (ch *channel) recv(wait bool, deadline time.Time) (m message, files []*os.F
 	if err := ch.c.SetReadDeadline(deadline); err != nil {
 		return message{}, nil, false, fmt.Errorf("handoff: receive: %w", err)
 	}
+	if wait && ch.interrupted.Load() {
+		return message{}, nil, false, errInterrupted
+	}
 	rc, err := ch.c.SyscallConn()
 	if err != nil {
 		return message{}, nil, false, fmt.Errorf("handoff: receive: %w", err)
@@ -302,6 +326,9 @@ func (ch *channel) recv(wait bool, deadline time.Time) (m message, files []*os.F
 		case errors.Is(err, errNoMessage):
 			return message{}, nil, false, errNoMessage
 		case errors.As(err, &ne) && ne.Timeout():
+			if ch.interrupted.Load() {
+				return message{}, nil, false, errInterrupted
+			}
 			return message{}, nil, false, fmt.Errorf("handoff: receive: %w", err)
 		case errors.Is(err, io.EOF), errors.Is(err, unix.ECONNRESET):
 			return message{}, nil, false, errEOF
