@@ -14,7 +14,7 @@
 // (echod's bound address is read from its "msg=listener" log line), and
 // drives it with echoload as a subprocess whose -json report supplies the
 // figures. The report goes to stdout and to -out; plots go next to -out.
-// A whole run takes about five minutes.
+// A whole run takes about six minutes.
 //
 // Scenarios:
 //
@@ -27,9 +27,18 @@
 //     100 ms for -storm: reloads, failures, reload-to-ready percentiles, RTT
 //     near reloads vs steady, with a plot (reload-storm.png); (b) 100
 //     long-lived streams and short connections with a SIGHUP every second
-//     and the default drain timeout: upgrades queue behind the draining
+//     and echod's defaults: the streams move to each new generation
+//     (migration), or, without it, upgrades queue behind the draining
 //     first generation; reloads ok, pending (queued at the end of the run)
-//     and failed, and connection failures.
+//     and failed, and connection failures; (c) 10,000 streams (one 64 B
+//     message every 100 ms each) and one SIGHUP, against echod with
+//     -migrate (the default) and with -migrate=false (drain), both with
+//     -drain-timeout 60s: SIGHUP to the new generation ready, the
+//     hand-over's time and moved/kept/lost from the old generation's log,
+//     who holds the descriptors after, when the old generation exits, RTT
+//     near the reload vs steady, failures and bytes lost; then the same
+//     with 19,000 streams (migrate), the most that fit RLIMIT_NOFILE
+//     20000 in echoload and in each generation.
 //  3. Reload storm under systemd: not wired yet, reported as skipped.
 //  4. Memory and descriptors: VmRSS and /proc/PID/fd of echod before and
 //     while holding 10,000 idle connections (echoload -hold), per

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/echod/echod/cmd/echoload/load"
 )
@@ -142,5 +143,92 @@ func TestFormatting(t *testing.T) {
 	}
 	if plateau([]usage{{1, 10}, {5, 20}, {5, 30}, {2, 40}}) != (usage{5, 30}) {
 		t.Error("plateau: want the last sample with the most fds")
+	}
+}
+
+func TestParseHandOver(t *testing.T) {
+	line := `time=2026-12-02T04:31:14.795Z level=INFO msg="connection hand-over" gen=1 pid=25392 upgrade_succeeded=true moved=10000 kept=0 lost=0 took=1.70231s err=<nil>`
+	kv := parseLogLine(line)
+	h, ok := parseHandOver(kv)
+	if !ok {
+		t.Fatal("not recognised")
+	}
+	want := handOver{gen: 1, succeeded: true, moved: 10000, took: 1702310 * time.Microsecond}
+	if h != want {
+		t.Errorf("parseHandOver = %+v, want %+v", h, want)
+	}
+	if at := logTime(kv, time.Time{}); !at.Equal(time.Date(2026, 12, 2, 4, 31, 14, 795e6, time.UTC)) {
+		t.Errorf("logTime = %v", at)
+	}
+	now := time.Now()
+	if at := logTime(map[string]string{}, now); !at.Equal(now) {
+		t.Errorf("logTime without time= = %v, want now", at)
+	}
+
+	h, ok = parseHandOver(parseLogLine(`level=INFO msg="connection hand-over" gen=3 pid=7 upgrade_succeeded=false moved=0 kept=90 lost=10 took=12ms err="handoff: batch 2: no answer"`))
+	if !ok || h.succeeded || h.gen != 3 || h.kept != 90 || h.lost != 10 || h.took != 12*time.Millisecond || h.err != "handoff: batch 2: no answer" {
+		t.Errorf("failed hand-over: %+v", h)
+	}
+	if h, _ := parseHandOver(parseLogLine(`msg="connection hand-over" gen=2`)); h.took != -1 {
+		t.Errorf("took without took= = %v, want -1", h.took)
+	}
+	if _, ok := parseHandOver(parseLogLine(`level=INFO msg=ready gen=1 pid=5 listeners=1`)); ok {
+		t.Error("a ready line taken for a hand-over")
+	}
+}
+
+func TestMigRows(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	rep := &load.Report{StartedAt: t0, ElapsedSeconds: 15, Config: load.ConfigReport{Size: 64}}
+	rep.Streams.Messages = 1_500_000
+	rep.Streams.Connections = 10000
+	rep.Failures.All = load.FailureCounts{ConnectTimeout: 2, Timeout: 1, Total: 3}
+	rep.Reloads.Events = []load.ReloadEventReport{{StartMS: 8000, DurationMS: 120, OK: true}}
+	rep.Timeline.BucketMS = 100
+	rep.Timeline.Points = []load.TimelinePoint{{StartMS: 6000, Count: 5, P99MS: 3, MaxMS: 4}, {StartMS: 7900, Count: 5, P99MS: 2, MaxMS: 9}, {StartMS: 8000, Count: 5, P99MS: 50, MaxMS: 60}}
+	sighup := t0.Add(8 * time.Second)
+	mig := &migRun{migrate: true, streams: 10000, rep: rep, t0: t0, sighup: sighup, reload: &rep.Reloads.Events[0],
+		gens: map[int]genInfo{1: {gen: 1, exitAt: sighup.Add(150 * time.Millisecond)}, 2: {gen: 2, readyAt: sighup.Add(140 * time.Millisecond)}},
+		ho:   &handOver{gen: 1, succeeded: true, moved: 10000, took: 85 * time.Millisecond}, detach: 20 * time.Millisecond,
+		fdsBase: 10, fdsUp: 10010, upAt: 2 * time.Second, measured: true, oldAfter: -1, newAfter: 10012}
+	drain := &migRun{streams: 10000, rep: rep, t0: t0, sighup: sighup, reload: &rep.Reloads.Events[0],
+		gens: map[int]genInfo{}, detach: -1, fdsBase: 10, fdsUp: -1, upAt: -1, measured: true, oldAfter: 10009, newAfter: 12}
+	rows := migRows([]*migRun{mig, drain, nil}, true)
+	get := func(prefix string) []string {
+		for _, r := range rows {
+			if strings.HasPrefix(r[0], prefix) {
+				return r
+			}
+		}
+		t.Fatalf("no row %q", prefix)
+		return nil
+	}
+	for _, c := range []struct {
+		row  string
+		want []string
+	}{
+		{"hand-over took", []string{"85.0", "-", "error"}},
+		{"moved / kept / lost", []string{"10,000 / 0 / 0", "- (no hand-over)", "error"}},
+		{"SIGHUP → new generation ready", []string{"140", "-", "error"}},
+		{"old generation exited", []string{"150", "-", "error"}},
+		{"fds 1 s after", []string{"exited / 10,012", "10,009 / 12", "error"}},
+		{"connections in generation 1", []string{"10,000", "-", "error"}},
+		{"every stream open", []string{"2.00", "not by the SIGHUP", "error"}},
+		{"RTT in the", []string{"3.0 / 9.0", "3.0 / 9.0", "error"}},
+		{"bytes lost", []string{"64", "64", "error"}},
+		{"stream msg/s", []string{"100,000 / 100,000", "100,000 / 100,000", "error"}},
+	} {
+		r := get(c.row)
+		if got := r[1 : len(r)-1]; strings.Join(got, "|") != strings.Join(c.want, "|") {
+			t.Errorf("%s: got %q, want %q", r[0], got, c.want)
+		}
+	}
+	if s := saturated([]*migRun{mig}); s != "" {
+		t.Errorf("saturated at the offered rate: %q", s)
+	}
+	rep2 := *rep
+	rep2.Streams.Messages = 150_000
+	if s := saturated([]*migRun{{migrate: true, streams: 10000, rep: &rep2, loadAvg: "3.00 2.00 1.00"}}); !strings.Contains(s, "10,000 of 100,000") {
+		t.Errorf("saturated = %q", s)
 	}
 }

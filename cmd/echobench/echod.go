@@ -62,6 +62,47 @@ func listenerAddr(kv map[string]string) string {
 	return kv["addr"]
 }
 
+// logTime returns the time a log line was written (its time= field, with
+// millisecond precision), or now if it has none: when the machine is
+// busy, reading the pipe may lag behind the daemon.
+func logTime(kv map[string]string, now time.Time) time.Time {
+	if t, err := time.Parse(time.RFC3339Nano, kv["time"]); err == nil {
+		return t
+	}
+	return now
+}
+
+// handOver is what an old generation's "connection hand-over" log line
+// tells (see handoff.HandOverResult).
+type handOver struct {
+	gen               int // the old generation
+	at                time.Time
+	succeeded         bool // upgrade_succeeded
+	moved, kept, lost int
+	took              time.Duration // from the pause to the outcome; -1 if absent
+	err               string        // "" for err=<nil>
+}
+
+// parseHandOver reads a "connection hand-over" line (parsed by
+// parseLogLine); ok is false for any other line.
+func parseHandOver(kv map[string]string) (h handOver, ok bool) {
+	if kv["msg"] != "connection hand-over" {
+		return handOver{}, false
+	}
+	h = handOver{succeeded: kv["upgrade_succeeded"] == "true", took: -1}
+	h.gen, _ = strconv.Atoi(kv["gen"])
+	h.moved, _ = strconv.Atoi(kv["moved"])
+	h.kept, _ = strconv.Atoi(kv["kept"])
+	h.lost, _ = strconv.Atoi(kv["lost"])
+	if d, err := time.ParseDuration(kv["took"]); err == nil {
+		h.took = d
+	}
+	if e := kv["err"]; e != "<nil>" {
+		h.err = e
+	}
+	return h, true
+}
+
 // genInfo is what the log tells about one generation.
 type genInfo struct {
 	gen     int
@@ -80,10 +121,12 @@ type echodProc struct {
 	addr    string
 
 	mu      sync.Mutex
-	gens    map[int]*genInfo // by pid
-	waits   int              // "upgrade waits for the previous generation" lines
-	tail    []string         // last log lines, for error messages
-	changed chan struct{}    // closed and replaced on every log line
+	gens    map[int]*genInfo      // by pid
+	waits   int                   // "upgrade waits for the previous generation" lines
+	hands   []handOver            // "connection hand-over" lines, in order
+	detach  map[int]time.Duration // took= of the last "connections detached" line, by generation
+	tail    []string              // last log lines, for error messages
+	changed chan struct{}         // closed and replaced on every log line
 
 	logDone  chan struct{} // the log pipe reached EOF: every generation is gone
 	waitDone chan struct{} // cmd.Wait returned
@@ -130,6 +173,7 @@ func startEchod(ctx context.Context, bin, dir, name string, extra ...string) (*e
 	e := &echodProc{
 		argv: argv, cmd: cmd, pidFile: pidFile,
 		gens:     map[int]*genInfo{},
+		detach:   map[int]time.Duration{},
 		changed:  make(chan struct{}),
 		logDone:  make(chan struct{}),
 		waitDone: make(chan struct{}),
@@ -182,7 +226,7 @@ func (e *echodProc) readLog(r io.ReadCloser) {
 		line := sc.Text()
 		_, _ = e.logFile.WriteString(line + "\n")
 		kv := parseLogLine(line)
-		now := time.Now()
+		now := logTime(kv, time.Now())
 		e.mu.Lock()
 		e.tail = append(e.tail, line)
 		if len(e.tail) > 20 {
@@ -190,6 +234,15 @@ func (e *echodProc) readLog(r io.ReadCloser) {
 		}
 		pid, _ := strconv.Atoi(kv["pid"])
 		gen, _ := strconv.Atoi(kv["gen"])
+		if h, ok := parseHandOver(kv); ok {
+			h.at = now
+			e.hands = append(e.hands, h)
+		}
+		if kv["msg"] == "connections detached" && gen > 0 {
+			if d, err := time.ParseDuration(kv["took"]); err == nil {
+				e.detach[gen] = d
+			}
+		}
 		if pid > 0 {
 			g := e.gens[pid]
 			if g == nil {
@@ -294,6 +347,35 @@ func (e *echodProc) UpgradeWaits() int {
 	return e.waits
 }
 
+// HandOver returns the last "connection hand-over" logged by generation
+// gen, if any.
+func (e *echodProc) HandOver(gen int) (handOver, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := len(e.hands) - 1; i >= 0; i-- {
+		if e.hands[i].gen == gen {
+			return e.hands[i], true
+		}
+	}
+	return handOver{}, false
+}
+
+// HandOvers returns how many "connection hand-over" lines were logged.
+func (e *echodProc) HandOvers() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.hands)
+}
+
+// DetachTook returns how long generation gen's last detaching of its
+// connections took ("connections detached" took=), if it logged one.
+func (e *echodProc) DetachTook(gen int) (time.Duration, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	d, ok := e.detach[gen]
+	return d, ok
+}
+
 // ServingPID returns the pid in the pid file.
 func (e *echodProc) ServingPID() (int, error) {
 	b, err := os.ReadFile(e.pidFile)
@@ -310,6 +392,34 @@ func (e *echodProc) WaitReadyGen(gen int, timeout time.Duration) bool {
 	for {
 		e.mu.Lock()
 		ok := e.readyGen() >= gen
+		ch := e.changed
+		e.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-e.logDone:
+			return false
+		case <-deadline.C:
+			return false
+		}
+	}
+}
+
+// WaitExited waits until generation gen has logged "exiting" (or every
+// generation is gone).
+func (e *echodProc) WaitExited(gen int, timeout time.Duration) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		e.mu.Lock()
+		ok := false
+		for _, g := range e.gens {
+			if g.gen == gen && !g.exitAt.IsZero() {
+				ok = true
+			}
+		}
 		ch := e.changed
 		e.mu.Unlock()
 		if ok {
