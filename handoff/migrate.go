@@ -67,6 +67,24 @@ type doneMsg struct {
 // packet stays within maxMessage.
 const maxBatchBody = 48 << 10
 
+// handOverWindow is how many batches may await their accept at once.
+const handOverWindow = 4
+
+// inflight is a batch sent and not accepted yet.
+type inflight struct {
+	batch int
+	conns []daemon.DetachedConn
+}
+
+// keepAll gathers what stays with the parent after a failed hand-over.
+func keepAll(kept []daemon.DetachedConn, window []inflight, rest []daemon.DetachedConn) []daemon.DetachedConn {
+	out := append([]daemon.DetachedConn(nil), kept...)
+	for _, w := range window {
+		out = append(out, w.conns...)
+	}
+	return append(out, rest...)
+}
+
 // ackTimeout bounds the wait for a batch's accept.
 const ackTimeout = 10 * time.Second
 
@@ -129,33 +147,49 @@ func (g *Generation) handOver(ch *channel, msgs <-chan recvResult, upErr <-chan 
 	if err != nil {
 		g.logger().Warn("detaching connections", "err", err)
 	}
+	// Up to window batches in flight: the child takes one while the next
+	// is on its way. Accepts come back in order.
+	var window []inflight
 	rest := conns
-	for batch := 1; len(rest) > 0; batch++ {
-		n, body := batchOf(rest)
-		if n == 0 {
-			// A state too large for a message: it stays here.
-			kept = append(kept, rest[0])
-			rest = rest[1:]
-			continue
+	full := false
+	for batch := 1; len(rest) > 0 || len(window) > 0; {
+		for !full && len(rest) > 0 && len(window) < handOverWindow {
+			n, body := batchOf(rest)
+			if n == 0 {
+				// A state too large for a message: it stays here.
+				kept = append(kept, rest[0])
+				rest = rest[1:]
+				continue
+			}
+			body.Batch = batch
+			fds := make([]int, n)
+			for i, c := range rest[:n] {
+				fds[i] = int(c.File.Fd())
+			}
+			if err := ch.send(msgConns, body, fds...); err != nil {
+				return sent, keepAll(kept, window, rest), err
+			}
+			window = append(window, inflight{batch: batch, conns: rest[:n]})
+			rest = rest[n:]
+			batch++
 		}
-		body.Batch = batch
-		fds := make([]int, n)
-		for i, c := range rest[:n] {
-			fds[i] = int(c.File.Fd())
+		if len(window) == 0 {
+			break
 		}
-		if err := ch.send(msgConns, body, fds...); err != nil {
-			return sent, append(kept, rest...), err
-		}
-		a, err := waitAccept(msgs, upErr, batch, n)
+		w := window[0]
+		a, err := waitAccept(msgs, upErr, w.batch, len(w.conns))
 		if err != nil {
 			// Sent but not accepted: the child will not commit (it gets no
 			// done); keep them all.
-			return sent, append(kept, rest...), err
+			return sent, keepAll(kept, window, rest), err
 		}
-		sent = append(sent, rest[:a.Taken]...)
-		kept = append(kept, rest[a.Taken:n]...)
-		rest = rest[n:]
-		if a.Full {
+		window = window[1:]
+		sent = append(sent, w.conns[:a.Taken]...)
+		kept = append(kept, w.conns[a.Taken:]...)
+		if a.Full && !full {
+			// The child takes nothing more (it says taken=0 for the batches
+			// already on their way).
+			full = true
 			kept = append(kept, rest...)
 			rest = nil
 		}
