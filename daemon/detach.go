@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"sync"
@@ -241,15 +242,20 @@ func (s *Server) answer(c net.Conn, ctx context.Context, d *Detached) context.Co
 		// Its Detach returned before it answered: it is served on.
 		return s.resumeLocked(c, r)
 	}
+	// Answering: not late any more, whatever happens to c now; Detach
+	// waits for the hand-over to end.
+	s.conns[c] = nil
 	r.handing.Add(1)
 	s.mu.Unlock()
 	defer r.handing.Done()
 
+	remote := remoteAddr(c)
 	f, err := dupConn(c)
 	if err == nil {
 		c.Close() // this descriptor only: the socket lives on in f
 	}
 	s.mu.Lock()
+	r.answeredLocked()
 	if _, tracked := s.conns[c]; !tracked { // Close cut it meanwhile
 		s.untrackLocked(c, nil)
 		s.mu.Unlock()
@@ -265,11 +271,11 @@ func (s *Server) answer(c net.Conn, ctx context.Context, d *Detached) context.Co
 		if r.keptErr == nil {
 			r.keptErr = err
 		}
-		ctx := s.resumeLocked(c, r)
-		s.log.Warn("connection could not be detached; served on", "remote", remoteAddr(c), "err", err)
+		ctx := s.resumeLocked(c, nil)
+		s.log.Warn("connection could not be detached; served on", "remote", remote, "err", err)
 		return ctx
 	}
-	r.out = append(r.out, DetachedConn{File: f, State: d.State, Remote: remoteAddr(c)})
+	r.out = append(r.out, DetachedConn{File: f, State: d.State, Remote: remote})
 	s.untrackLocked(c, r)
 	s.mu.Unlock()
 	s.gate.release()
@@ -326,4 +332,15 @@ func remoteAddr(c net.Conn) string {
 		return a.String()
 	}
 	return ""
+}
+
+// Room returns how many more connections Adopt would take now before
+// [Config.MaxConns] refuses with [ErrFull]: a bound a process taking over
+// connections checks before it commits to them. Without MaxConns it is
+// [math.MaxInt].
+func (s *Server) Room() int {
+	if f := s.gate.free(); f >= 0 {
+		return f
+	}
+	return math.MaxInt
 }

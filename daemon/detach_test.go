@@ -1,3 +1,5 @@
+//go:build linux
+
 package daemon_test
 
 import (
@@ -18,11 +20,6 @@ import (
 	"github.com/echod/echod/daemon"
 )
 
-var (
-	_ daemon.Resumer = (*daemon.Echo)(nil)
-	_ error          = (*daemon.Detached)(nil)
-)
-
 // detach calls srv.Detach with a bounded context and fails the test on an
 // error.
 func detach(t testing.TB, srv *daemon.Server) []daemon.DetachedConn {
@@ -37,36 +34,11 @@ func detach(t testing.TB, srv *daemon.Server) []daemon.DetachedConn {
 	return conns
 }
 
-// adopt makes a net.Conn of every detached connection and has srv adopt it.
-func adopt(t testing.TB, srv *daemon.Server, conns []daemon.DetachedConn) {
-	t.Helper()
-	for i, d := range conns {
-		c, err := net.FileConn(d.File)
-		d.File.Close()
-		if err != nil {
-			closeDetached(conns[i+1:])
-			t.Fatalf("FileConn of detached connection %d (%s): %v", i, d.Remote, err)
-		}
-		if err := srv.Adopt(c, d.State); err != nil {
-			c.Close()
-			closeDetached(conns[i+1:])
-			t.Fatalf("Adopt of detached connection %d (%s): %v", i, d.Remote, err)
-		}
-	}
-}
-
-func closeDetached(conns []daemon.DetachedConn) {
-	for _, d := range conns {
-		d.File.Close()
-	}
-}
-
 // stream is a client that writes 8-byte big-endian counters 0, 1, 2, ...
 // without pause and checks that what comes back is exactly that sequence.
 // The writer stays at most window chunks ahead of the reader, so that
 // the bytes in flight stay few and the test finishes fast.
 type stream struct {
-	c      net.Conn
 	warm   chan struct{} // closed once warmCounters came back
 	stop   chan struct{} // closed by the test: write a tail, then half-close
 	result chan error    // the reader's verdict, once it saw EOF
@@ -81,7 +53,7 @@ const (
 )
 
 func startStream(c net.Conn) *stream {
-	s := &stream{c: c, warm: make(chan struct{}), stop: make(chan struct{}), result: make(chan error, 1)}
+	s := &stream{warm: make(chan struct{}), stop: make(chan struct{}), result: make(chan error, 1)}
 	credit := make(chan struct{}, window)
 	for range window {
 		credit <- struct{}{}
@@ -363,106 +335,6 @@ func TestDetachNotResumer(t *testing.T) {
 	if st := ts.srv.Stats(); st.Active != 1 || st.Detached != 0 {
 		t.Errorf("Stats = %+v, want Active 1, Detached 0", st)
 	}
-}
-
-// connPair returns both ends of a fresh connection on network, closed
-// when the test ends.
-func connPair(t testing.TB, network string) (client, server net.Conn) {
-	t.Helper()
-	ln := listen(t, network)
-	defer ln.Close()
-	client, err := net.DialTimeout(network, ln.Addr().String(), ioTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close() })
-	if err := client.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
-		t.Fatal(err)
-	}
-	return client, server
-}
-
-func TestAdoptErrors(t *testing.T) {
-	t.Run("not a Resumer", func(t *testing.T) {
-		srv := daemon.New(daemon.Config{Handler: daemon.HandlerFunc(upper)})
-		defer closeWithin(t, srv)
-		_, sc := connPair(t, "tcp")
-		if err := srv.Adopt(sc, nil); !errors.Is(err, daemon.ErrNotResumer) {
-			t.Errorf("Adopt = %v, want ErrNotResumer", err)
-		}
-	})
-	t.Run("full", func(t *testing.T) {
-		ts := start(t, daemon.Config{MaxConns: 1}, "tcp")
-		first := ts.dial(t)
-		mustEcho(t, first, []byte("first"))
-		cc, sc := connPair(t, "tcp")
-		if err := ts.srv.Adopt(sc, []byte("state ")); !errors.Is(err, daemon.ErrFull) {
-			t.Fatalf("Adopt with MaxConns served = %v, want ErrFull", err)
-		}
-		// The connection stayed the caller's, untouched.
-		if _, err := sc.Write([]byte("x")); err != nil {
-			t.Fatalf("write on the refused connection: %v", err)
-		}
-		buf := make([]byte, 1)
-		if _, err := io.ReadFull(cc, buf); err != nil || buf[0] != 'x' {
-			t.Fatalf("refused connection: read %q, %v", buf, err)
-		}
-		first.Close()
-		waitStats(t, ts.srv, "the first connection to end", func(st daemon.Stats) bool { return st.Active == 0 })
-		if err := ts.srv.Adopt(sc, []byte("state ")); err != nil {
-			t.Fatalf("Adopt with a free slot = %v", err)
-		}
-		got := make([]byte, len("state "))
-		if _, err := io.ReadFull(cc, got); err != nil || string(got) != "state " {
-			t.Fatalf("adopted connection: state read %q, %v", got, err)
-		}
-		mustEcho(t, cc, []byte("adopted"))
-		if st := ts.srv.Stats(); st.Adopted != 1 || st.Active != 1 {
-			t.Errorf("Stats = %+v, want Adopted 1, Active 1", st)
-		}
-	})
-	t.Run("Shutdown", func(t *testing.T) {
-		// During a Shutdown Adopt is accepted and Shutdown waits for the
-		// connection; once Shutdown returned, Adopt refuses.
-		ts := start(t, daemon.Config{}, "tcp")
-		c := ts.dial(t)
-		mustEcho(t, c, []byte("x"))
-		shut := shutdownAsync(ts.srv, ioTimeout)
-		recvWithin(t, ts.lnClosed, "Shutdown to close the listener")
-		cc, sc := connPair(t, "unix")
-		if err := ts.srv.Adopt(sc, nil); err != nil {
-			t.Fatalf("Adopt during Shutdown = %v", err)
-		}
-		c.Close()
-		waitStats(t, ts.srv, "the accepted connection to end", func(st daemon.Stats) bool { return st.Closed == 1 })
-		mustEcho(t, cc, []byte("adopted while draining"))
-		select {
-		case err := <-shut:
-			t.Fatalf("Shutdown returned %v with an adopted connection open", err)
-		default:
-		}
-		cc.Close()
-		if err := recvWithin(t, shut, "Shutdown"); err != nil {
-			t.Fatalf("Shutdown = %v", err)
-		}
-		_, sc2 := connPair(t, "tcp")
-		if err := ts.srv.Adopt(sc2, nil); !errors.Is(err, daemon.ErrServerClosed) {
-			t.Errorf("Adopt after Shutdown returned = %v, want ErrServerClosed", err)
-		}
-	})
-	t.Run("Close", func(t *testing.T) {
-		srv := daemon.New(daemon.Config{})
-		closeWithin(t, srv)
-		_, sc := connPair(t, "tcp")
-		if err := srv.Adopt(sc, nil); !errors.Is(err, daemon.ErrServerClosed) {
-			t.Errorf("Adopt after Close = %v, want ErrServerClosed", err)
-		}
-	})
 }
 
 // TestDetachTakeBack: connections detached and then adopted by the same
@@ -795,4 +667,47 @@ func TestDetachIdleTimeout(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestDetachRacesClose: clients hang up while Detach runs. Every
+// connection is either handed over or closed, never both nor neither, and
+// the clients that stay are served on by the adopting server.
+func TestDetachRacesClose(t *testing.T) {
+	const n = 100
+	for _, network := range networks {
+		t.Run(network, func(t *testing.T) {
+			a := start(t, daemon.Config{}, network)
+			clients := make([]net.Conn, n)
+			for i := range clients {
+				clients[i] = a.dial(t)
+				mustEcho(t, clients[i], payload(uint64(i), 64))
+			}
+			var wg sync.WaitGroup
+			release := make(chan struct{})
+			for i, c := range clients {
+				if i%2 == 0 {
+					wg.Go(func() { <-release; c.Close() })
+				}
+			}
+			close(release)
+			conns := detach(t, a.srv)
+			wg.Wait()
+			st := waitStats(t, a.srv, "every connection to be closed or detached", func(st daemon.Stats) bool {
+				return st.Active == 0
+			})
+			if st.Detached != uint64(len(conns)) || st.Detached+st.Closed != n {
+				closeDetached(conns)
+				t.Fatalf("Detach returned %d connections; Stats = %+v, want Detached+Closed = %d", len(conns), st, n)
+			}
+			t.Logf("%d detached, %d closed", st.Detached, st.Closed)
+			b := daemon.New(daemon.Config{})
+			t.Cleanup(func() { closeWithin(t, b) })
+			adopt(t, b, conns)
+			for i, c := range clients {
+				if i%2 == 1 {
+					mustEcho(t, c, payload(uint64(1000+i), 4<<10))
+				}
+			}
+		})
+	}
 }

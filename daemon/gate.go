@@ -52,6 +52,16 @@ func (g *gate) tryTake() bool {
 	return false
 }
 
+// free returns how many slots are free now (-1: no limit).
+func (g *gate) free() int {
+	if g == nil {
+		return -1
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.limit - g.used
+}
+
 func (g *gate) await(done <-chan struct{}, take bool) bool {
 	if g == nil {
 		return true

@@ -175,7 +175,6 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.gate.release()
 			return ErrServerClosed
 		}
-		s.accepted.Add(1)
 		go s.serveConn(c, ctx)
 	}
 }
@@ -238,7 +237,7 @@ func (s *Server) served(c net.Conn, ctx context.Context, err error) {
 // connDone closes c once its handler returned and gives back its slot.
 func (s *Server) connDone(c net.Conn) {
 	c.Close()
-	s.untrackConn(c, nil)
+	s.untrackConn(c)
 	s.gate.release()
 }
 
@@ -308,9 +307,9 @@ func (s *Server) trackListener(l *servedListener, add bool) bool {
 }
 
 // trackConn registers c before its goroutine starts, so Shutdown cannot
-// miss it, and returns the context for its handler. It refuses after
-// Close, and, for an adopted connection, once a Shutdown drained the
-// server or when c is served already.
+// miss it, counts it accepted or adopted, and returns the context for its
+// handler. It refuses after Close, and, for an adopted connection, once a
+// Shutdown drained the server or when c is served already.
 func (s *Server) trackConn(c net.Conn, adopt bool) (context.Context, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -322,22 +321,26 @@ func (s *Server) trackConn(c net.Conn, adopt bool) (context.Context, error) {
 	}
 	s.conns[c] = nil
 	s.live++
+	// Counted under the lock: Stats never shows more connections active
+	// than accepted and adopted.
 	if adopt {
-		// Counted under the lock: Stats never shows more connections
-		// active than accepted and adopted.
 		s.adopted.Add(1)
+	} else {
+		s.accepted.Add(1)
 	}
 	return s.hctx, nil
 }
 
-// untrackConn forgets c, counting it closed, or detached if r is the
-// Detach round that took it out.
-func (s *Server) untrackConn(c net.Conn, r *round) {
+// untrackConn forgets c, counting it closed.
+func (s *Server) untrackConn(c net.Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.untrackLocked(c, r)
+	s.untrackLocked(c, nil)
 }
 
+// untrackLocked forgets c, counting it closed, or detached if detachedBy
+// is the Detach round that took it out. A round c is part of and has not
+// answered yet hears that it did.
 func (s *Server) untrackLocked(c net.Conn, detachedBy *round) {
 	if s.conns != nil {
 		if r := s.conns[c]; r != nil {

@@ -201,7 +201,13 @@ func (r *runner) start() error {
 	}
 	r.srv = srv
 	if m, ok := srv.(Migrator); ok && r.cfg.Migrate {
-		r.g.AcceptConns(m.Adopt, fdRoom)
+		room := fdRoom
+		if rs, ok := srv.(interface{ Room() int }); ok {
+			// The server's own bound (daemon: MaxConns) too: a connection
+			// it would refuse after the commit could not go back.
+			room = func() int { return min(fdRoom(), rs.Room()) }
+		}
+		r.g.AcceptConns(m.Adopt, room)
 		r.g.MigrateWith(Migration{Pause: r.pause, Resume: r.serveAll, Detach: m.Detach, Adopt: m.Adopt})
 	}
 	if err := r.g.Ready(); err != nil {

@@ -1,0 +1,77 @@
+//go:build linux
+
+package daemon_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/echod/echod/daemon"
+)
+
+// ExampleServer_Detach moves a live connection from one server to another,
+// as a new generation of a daemon takes over its predecessor's clients:
+// the client goes on talking on the same connection and notices nothing.
+// Between processes the detached files travel over a Unix socket
+// (SCM_RIGHTS); here both servers are in one process.
+func ExampleServer_Detach() {
+	old := daemon.New(daemon.Config{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	served := make(chan error, 1)
+	go func() { served <- old.Serve(ln) }()
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	say := func(msg string) {
+		if _, err := io.WriteString(c, msg); err != nil {
+			fmt.Println(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			fmt.Println(err)
+		}
+		fmt.Printf("echoed: %s\n", buf)
+	}
+	say("before the move")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conns, err := old.Detach(ctx) // stops accepting, takes every connection out
+	fmt.Println("detached:", len(conns), err)
+	fmt.Println("old serve:", <-served)
+
+	next := daemon.New(daemon.Config{})
+	defer next.Close()
+	for _, d := range conns {
+		nc, err := net.FileConn(d.File) // a duplicate: d.File is still ours
+		d.File.Close()
+		if err == nil {
+			err = next.Adopt(nc, d.State)
+		}
+		if err != nil {
+			fmt.Println(err)
+		}
+	}
+	say("after the move")
+
+	o, n := old.Stats(), next.Stats()
+	fmt.Printf("old: %d detached, %d active; new: %d adopted, %d active\n", o.Detached, o.Active, n.Adopted, n.Active)
+	// Output:
+	// echoed: before the move
+	// detached: 1 <nil>
+	// old serve: daemon: server closed
+	// echoed: after the move
+	// old: 1 detached, 0 active; new: 1 adopted, 1 active
+}
