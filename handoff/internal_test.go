@@ -195,13 +195,7 @@ func TestHandOverWithinRoom(t *testing.T) {
 	done := make(chan childResult, 1)
 	go func() {
 		l := &parentLink{version: protoVersion, ch: childEnd}
-		// The room shrinks by what was taken, as the real fd count does:
-		// 300, then 300-253.
-		calls := 0
-		got, err := l.receiveConns(func() int {
-			calls++
-			return room - (calls-1)*maxFDsPerMessage
-		})
+		got, err := l.receiveConns(func() int { return room })
 		done <- childResult{got, err}
 	}()
 	msgs, stop := startReader(parentEnd)

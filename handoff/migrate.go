@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/echod/echod/daemon"
@@ -318,11 +320,15 @@ type adoptedConn struct {
 
 // receiveConns runs in a new generation that adopts connections, after
 // its ready and before its commit: it takes the batches its parent sends,
-// within room, until done. It serves none: they are the parent's until
+// within room (asked once, at the start), until done. It serves none: they are the parent's until
 // the commit. An error means no commit: the caller closes what it got.
 func (l *parentLink) receiveConns(room func() int) ([]adoptedConn, error) {
 	var got []adoptedConn
 	full := false
+	// Asked once: until the commit this process accepts nothing else, so
+	// its room shrinks only by what it takes (and counting open fds is
+	// not cheap with thousands of them).
+	left := room()
 	for {
 		m, files, ctrunc, err := l.ch.recv(true, time.Time{})
 		if err != nil {
@@ -353,19 +359,22 @@ func (l *parentLink) receiveConns(room func() int) ([]adoptedConn, error) {
 		limit := len(files)
 		if full {
 			limit = 0
-		} else if r := room(); r < limit {
-			limit = max(r, 0)
+		} else if left < limit {
+			limit = max(left, 0)
 		}
+		conns := fileConns(files[:limit])
 		taken := 0
-		for _, f := range files[:limit] {
-			c, err := net.FileConn(f)
-			if err != nil {
+		for i, c := range conns {
+			if c == nil {
+				// The prefix ends at the first that failed; close the rest.
+				closeConns(conns[i:])
 				break
 			}
-			got = append(got, adoptedConn{c: c, state: b.Conns[taken].State, remote: b.Conns[taken].Remote})
+			got = append(got, adoptedConn{c: c, state: b.Conns[i].State, remote: b.Conns[i].Remote})
 			taken++
 		}
 		closeFiles(files)
+		left -= taken
 		full = full || ctrunc || taken < len(b.Conns)
 		if err := l.ch.send(msgAccept, acceptMsg{Batch: b.Batch, Taken: taken, Full: full}); err != nil {
 			return got, err
@@ -379,6 +388,34 @@ func (l *parentLink) receiveConns(room func() int) ([]adoptedConn, error) {
 // afterAccept, set only by tests (export_test.go), runs after the child
 // accepted a batch.
 var afterAccept func(batch int)
+
+// fileConns makes a net.Conn of each file (nil where that fails), on
+// every CPU at once: it is most of a new generation's work per
+// connection (a dup, and registering with the runtime's poller).
+func fileConns(files []*os.File) []net.Conn {
+	out := make([]net.Conn, len(files))
+	workers := min(runtime.GOMAXPROCS(0), len(files))
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(files); i += workers {
+				if c, err := net.FileConn(files[i]); err == nil {
+					out[i] = c
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+func closeConns(cs []net.Conn) {
+	for _, c := range cs {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
 
 // recvResult is one receive on the parent's reader.
 type recvResult struct {
