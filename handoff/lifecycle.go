@@ -153,18 +153,15 @@ type runner struct {
 	dups      []net.Listener // the duplicates being served
 	paused    bool
 	closing   bool
-	accepting sync.WaitGroup  // Serve goroutines on dups
-	open      sync.WaitGroup  // listeners given to Serve and not closed yet
-	releasedC <-chan struct{} // see released; set by drain
-	upgrades  sync.WaitGroup  // SIGHUP upgrades
-	stopReq   chan struct{}   // a control "stop"
+	accepting sync.WaitGroup // Serve goroutines on dups
+	upgrades  sync.WaitGroup // SIGHUP upgrades
+	stopReq   chan struct{}  // a control "stop"
 
 	handedOver chan struct{} // closed once replaced or stopping: LastHandOver is final
 
 	mu      sync.Mutex
 	phase   phase
 	lastErr string
-	done    int // upgrades that succeeded from this generation (0 or 1)
 	failed  int
 }
 
@@ -217,7 +214,6 @@ func (r *runner) start() error {
 		}
 		return err
 	}
-	r.open.Add(len(ls)) // the originals, closed by drain
 	r.serveAll()
 	// Control requests only once ready: before, the previous generation
 	// (which shares the control socket) answers them.
@@ -227,7 +223,7 @@ func (r *runner) start() error {
 		ctlLn := ctlLn
 		go func() {
 			defer r.serving.Done()
-			if err := r.ctl.Serve(r.tracked(ctlLn)); err != nil && r.currentPhase() == phaseServing {
+			if err := r.ctl.Serve(ctlLn); err != nil && r.currentPhase() == phaseServing {
 				r.log.Error("control socket failed", "err", err)
 			}
 		}()
@@ -252,7 +248,6 @@ func (r *runner) serveAll() {
 			r.log.Error("cannot serve a listener", "name", l.Name, "err", err)
 			continue
 		}
-		ln = r.tracked(ln)
 		r.dups = append(r.dups, ln)
 		r.accepting.Add(1)
 		r.serving.Add(1)
@@ -295,7 +290,6 @@ func (r *runner) closeListeners() {
 	r.acceptMu.Unlock()
 	for _, l := range r.ls {
 		l.Close()
-		r.open.Done()
 	}
 }
 
@@ -307,38 +301,6 @@ func dupListener(ln net.Listener) (net.Listener, error) {
 	}
 	defer f.Close()
 	return net.FileListener(f)
-}
-
-// tracked counts ln among the listeners this generation still holds.
-func (r *runner) tracked(ln net.Listener) net.Listener {
-	r.open.Add(1)
-	return &trackedListener{Listener: ln, done: r.open.Done}
-}
-
-// trackedListener calls done once, at its first Close.
-type trackedListener struct {
-	net.Listener
-	once sync.Once
-	done func()
-}
-
-func (l *trackedListener) Close() error {
-	err := l.Listener.Close()
-	l.once.Do(l.done)
-	return err
-}
-
-// released is closed once this process holds no listening socket any
-// more: every served listener closed, and tableflip's copies too (closed
-// before its Exit channel is, after a successful upgrade or a Stop).
-func (r *runner) released() <-chan struct{} {
-	c := make(chan struct{})
-	go func() {
-		defer close(c)
-		r.open.Wait()
-		<-r.g.upg.Exit()
-	}()
-	return c
 }
 
 func closeAll(ls []*Listener) {
@@ -443,7 +405,6 @@ wait:
 		cancel()
 	}
 	r.serving.Wait()
-	<-r.releasedC // every listener closed (Serve returned), tableflip stopped
 	if next == phaseStopping {
 		r.removePIDFile()
 	}
@@ -467,11 +428,13 @@ func (r *runner) drain(p phase) bool {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.DrainTimeout)
 	defer cancel()
+	// Every listener of this process is closed now (the control socket's
+	// before the drain), but for tableflip's copies, closed before its
+	// Exit channel is: after a successful upgrade, or a Stop.
 	r.closeListeners()
+	released := r.g.upg.Exit()
 	done := make(chan error, 1)
 	go func() { done <- r.srv.Shutdown(ctx) }()
-	r.releasedC = r.released()
-	released := r.releasedC
 	forced := false
 	stops := 0
 	if p == phaseStopping {
@@ -656,7 +619,6 @@ func (r *runner) upgradeStarting() {
 func (r *runner) upgradeSucceeded(res Result) {
 	r.mu.Lock()
 	r.lastErr = ""
-	r.done++
 	r.mu.Unlock()
 	if r.cfg.Systemd.Enabled() && res.PID > 0 {
 		r.notify(systemd.MainPID(res.PID), systemd.Ready)

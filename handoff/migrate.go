@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
-	"sync"
 	"time"
 
 	"github.com/echod/echod/daemon"
@@ -362,15 +360,13 @@ func (l *parentLink) receiveConns(room func() int) ([]adoptedConn, error) {
 		} else if left < limit {
 			limit = max(left, 0)
 		}
-		conns := fileConns(files[:limit])
 		taken := 0
-		for i, c := range conns {
-			if c == nil {
-				// The prefix ends at the first that failed; close the rest.
-				closeConns(conns[i:])
-				break
+		for _, f := range files[:limit] {
+			c, err := net.FileConn(f)
+			if err != nil {
+				break // the prefix ends here
 			}
-			got = append(got, adoptedConn{c: c, state: b.Conns[i].State, remote: b.Conns[i].Remote})
+			got = append(got, adoptedConn{c: c, state: b.Conns[taken].State, remote: b.Conns[taken].Remote})
 			taken++
 		}
 		closeFiles(files)
@@ -388,34 +384,6 @@ func (l *parentLink) receiveConns(room func() int) ([]adoptedConn, error) {
 // afterAccept, set only by tests (export_test.go), runs after the child
 // accepted a batch.
 var afterAccept func(batch int)
-
-// fileConns makes a net.Conn of each file (nil where that fails), on
-// every CPU at once: it is most of a new generation's work per
-// connection (a dup, and registering with the runtime's poller).
-func fileConns(files []*os.File) []net.Conn {
-	out := make([]net.Conn, len(files))
-	workers := min(runtime.GOMAXPROCS(0), len(files))
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for i := w; i < len(files); i += workers {
-				if c, err := net.FileConn(files[i]); err == nil {
-					out[i] = c
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return out
-}
-
-func closeConns(cs []net.Conn) {
-	for _, c := range cs {
-		if c != nil {
-			c.Close()
-		}
-	}
-}
 
 // recvResult is one receive on the parent's reader.
 type recvResult struct {

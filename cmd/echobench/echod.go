@@ -387,39 +387,30 @@ func (e *echodProc) ServingPID() (int, error) {
 
 // WaitReadyGen waits until generation gen (or a later one) is ready.
 func (e *echodProc) WaitReadyGen(gen int, timeout time.Duration) bool {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		e.mu.Lock()
-		ok := e.readyGen() >= gen
-		ch := e.changed
-		e.mu.Unlock()
-		if ok {
-			return true
-		}
-		select {
-		case <-ch:
-		case <-e.logDone:
-			return false
-		case <-deadline.C:
-			return false
-		}
-	}
+	return e.waitFor(timeout, func() bool { return e.readyGen() >= gen })
 }
 
 // WaitExited waits until generation gen has logged "exiting" (or every
 // generation is gone).
 func (e *echodProc) WaitExited(gen int, timeout time.Duration) bool {
+	return e.waitFor(timeout, func() bool {
+		for _, g := range e.gens {
+			if g.gen == gen && !g.exitAt.IsZero() {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// waitFor waits until cond, called with e.mu held, is true; false when
+// the log ended or timeout passed first.
+func (e *echodProc) waitFor(timeout time.Duration, cond func() bool) bool {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
 		e.mu.Lock()
-		ok := false
-		for _, g := range e.gens {
-			if g.gen == gen && !g.exitAt.IsZero() {
-				ok = true
-			}
-		}
+		ok := cond()
 		ch := e.changed
 		e.mu.Unlock()
 		if ok {
