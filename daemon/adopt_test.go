@@ -5,8 +5,12 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/echod/echod/daemon"
 )
@@ -16,27 +20,52 @@ var (
 	_ error          = (*daemon.Detached)(nil)
 )
 
-// adopt makes a net.Conn of every detached connection and has srv adopt it.
+// adopt has srv adopt every detached connection through a new descriptor
+// (net.FileConn), as a process that received it would, and closes the
+// detached one.
 func adopt(t testing.TB, srv *daemon.Server, conns []daemon.DetachedConn) {
 	t.Helper()
 	for i, d := range conns {
-		c, err := net.FileConn(d.File)
-		d.File.Close()
+		c, err := moved(d.Conn)
 		if err != nil {
-			closeDetached(conns[i+1:])
-			t.Fatalf("FileConn of detached connection %d (%s): %v", i, d.Remote, err)
+			closeDetached(conns[i:])
+			t.Fatalf("FileConn of detached connection %d (%s): %v", i, d.Conn.RemoteAddr(), err)
 		}
 		if err := srv.Adopt(c, d.State); err != nil {
 			c.Close()
 			closeDetached(conns[i+1:])
-			t.Fatalf("Adopt of detached connection %d (%s): %v", i, d.Remote, err)
+			t.Fatalf("Adopt of detached connection %d (%s): %v", i, c.RemoteAddr(), err)
 		}
 	}
 }
 
+// moved returns a new net.Conn for c's socket, through a duplicate of its
+// descriptor, and closes c; c itself when it exposes no descriptor.
+func moved(c net.Conn) (net.Conn, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return c, nil
+	}
+	defer c.Close()
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	f := os.NewFile(uintptr(fd), "moved")
+	defer f.Close()
+	return net.FileConn(f)
+}
+
 func closeDetached(conns []daemon.DetachedConn) {
 	for _, d := range conns {
-		d.File.Close()
+		d.Conn.Close()
 	}
 }
 

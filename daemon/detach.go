@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"os"
-	"sync"
 	"time"
 )
 
@@ -60,29 +58,26 @@ type Resumer interface {
 	ResumeConn(ctx context.Context, c net.Conn, state []byte) error
 }
 
-// DetachedConn is a live connection taken out of a [Server]: a duplicate of
-// its socket's descriptor (close-on-exec) that the caller now owns, and its
-// handler's state. The server closed its own descriptor without shutting
-// the socket down: the peer notices nothing until File, and every other
-// descriptor of the socket, is closed. [net.FileConn] makes a net.Conn of
-// it again, for [Server.Adopt].
+// DetachedConn is a live connection taken out of a [Server], which no
+// longer serves, tracks or counts it as active: Conn is the caller's now,
+// open (its deadlines may be in the past: [Server.Adopt] clears them),
+// with its handler's state. Closing Conn does not shut the socket down: a
+// process that received its descriptor (SCM_RIGHTS, through
+// [syscall.Conn]) goes on with the connection, and the peer notices
+// nothing until every descriptor of the socket is closed.
 type DetachedConn struct {
-	File   *os.File
-	State  []byte
-	Remote string // the peer's address, for logs
+	Conn  net.Conn
+	State []byte
 }
 
 // round is one Detach taking connections out; its fields are guarded by
-// the server's mu, but for handing.
+// the server's mu.
 type round struct {
 	pending  int           // connections that have not answered
 	answered chan struct{} // closed when pending drops to 0
 	expired  bool          // Detach returned: later answers are served on
 
-	handing sync.WaitGroup // hand-overs under way
-	out     []DetachedConn
-	kept    int   // connections that answered but could not be taken out
-	keptErr error // why the first of them could not
+	out []DetachedConn
 }
 
 func (r *round) answeredLocked() {
@@ -102,16 +97,13 @@ var aLongTimeAgo = time.Unix(1, 0)
 // connection: it cancels the handlers' context with cause [ErrDetach] and
 // sets every connection's deadlines to now, which interrupts a blocking
 // read or write. A handler that returns a [*Detached] hands its connection
-// over: the server duplicates its descriptor, closes its own (no shutdown:
-// the socket lives on in the duplicate), stops counting it
-// ([Stats].Detached counts it instead of Closed) and returns it, with the
-// handler's state. A connection whose handler ended otherwise meanwhile
-// (the peer closed it) is closed as usual and not returned.
+// over: the server stops tracking it ([Stats].Detached counts it instead
+// of Closed) and returns it, open, with the handler's state. A connection
+// whose handler ended otherwise meanwhile (the peer closed it) is closed
+// as usual and not returned.
 //
-// Detach returns once every connection has answered, with a nil error
-// unless some could not be taken out (their descriptor could not be
-// duplicated: they are served on, from their state, and the error says
-// why). When ctx ends first, or [Server.Close] runs, it returns the
+// Detach returns once every connection has answered, with a nil error.
+// When ctx ends first, or [Server.Close] runs, it returns the
 // connections taken out so far and an error wrapping ctx.Err() (or
 // [ErrServerClosed]). The connections that had not answered then are not
 // detached: their deadlines are cleared and they are served on; a handler
@@ -125,12 +117,8 @@ var aLongTimeAgo = time.Unix(1, 0)
 // that is not a [Resumer] nothing is detached: Detach stops accepting and
 // returns (nil, nil), and every connection goes on being served (the
 // caller drains them with Shutdown). After Close Detach returns
-// ErrServerClosed. On systems other than Linux it does nothing and
-// returns an error wrapping errors.ErrUnsupported.
+// ErrServerClosed.
 func (s *Server) Detach(ctx context.Context) ([]DetachedConn, error) {
-	if !canDup {
-		return nil, fmt.Errorf("daemon: detach: %w", errors.ErrUnsupported)
-	}
 	s.detachMu.Lock()
 	defer s.detachMu.Unlock()
 
@@ -156,22 +144,14 @@ func (s *Server) Detach(ctx context.Context) ([]DetachedConn, error) {
 	case <-s.ctx.Done():
 		err = ErrServerClosed
 	}
-	late := s.endRound(r)
-	r.handing.Wait()
-
-	s.mu.Lock()
-	out, kept, keptErr := r.out, r.kept, r.keptErr
-	s.mu.Unlock()
+	late, out := s.endRound(r)
 	if late == 0 && !errors.Is(err, ErrServerClosed) {
 		err = nil // every connection answered, just as ctx ended
 	}
 	if err != nil {
 		err = fmt.Errorf("daemon: detach: %d connections had not answered and are served on: %w", late, err)
 	}
-	if keptErr != nil {
-		err = errors.Join(err, fmt.Errorf("daemon: detach: %d connections could not be taken out and are served on: %w", kept, keptErr))
-	}
-	s.log.Info("connections detached", "detached", len(out), "late", late, "kept", kept, "took", time.Since(start))
+	s.log.Info("connections detached", "detached", len(out), "late", late, "took", time.Since(start))
 	return out, err
 }
 
@@ -206,19 +186,19 @@ func (s *Server) startRound() (*round, error) {
 
 // endRound marks r expired, so that a handler answering from now on is
 // served on, and clears the deadlines of the connections that have not
-// answered, which are served on too. It returns how many there are.
-func (s *Server) endRound(r *round) int {
+// answered, which are served on too. It returns how many there are, and
+// the connections taken out.
+func (s *Server) endRound(r *round) (late int, out []DetachedConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r.expired = true
-	late := 0
 	for c, cr := range s.conns {
 		if cr == r {
 			late++
 			_ = c.SetDeadline(time.Time{})
 		}
 	}
-	return late
+	return late, r.out
 }
 
 // answer handles a handler's *Detached for c. It returns the context to
@@ -242,40 +222,8 @@ func (s *Server) answer(c net.Conn, ctx context.Context, d *Detached) context.Co
 		// Its Detach returned before it answered: it is served on.
 		return s.resumeLocked(c, r)
 	}
-	// Answering: not late any more, whatever happens to c now; Detach
-	// waits for the hand-over to end.
-	s.conns[c] = nil
-	r.handing.Add(1)
-	s.mu.Unlock()
-	defer r.handing.Done()
-
-	remote := remoteAddr(c)
-	f, err := dupConn(c)
-	if err == nil {
-		c.Close() // this descriptor only: the socket lives on in f
-	}
-	s.mu.Lock()
-	r.answeredLocked()
-	if _, tracked := s.conns[c]; !tracked { // Close cut it meanwhile
-		s.untrackLocked(c, nil)
-		s.mu.Unlock()
-		if f != nil {
-			f.Close()
-		}
-		c.Close()
-		s.gate.release()
-		return nil
-	}
-	if err != nil {
-		r.kept++
-		if r.keptErr == nil {
-			r.keptErr = err
-		}
-		ctx := s.resumeLocked(c, nil)
-		s.log.Warn("connection could not be detached; served on", "remote", remote, "err", err)
-		return ctx
-	}
-	r.out = append(r.out, DetachedConn{File: f, State: d.State, Remote: remote})
+	// Taken out: the caller of Detach owns c from here.
+	r.out = append(r.out, DetachedConn{Conn: c, State: d.State})
 	s.untrackLocked(c, r)
 	s.mu.Unlock()
 	s.gate.release()
@@ -298,7 +246,8 @@ func (s *Server) resumeLocked(c net.Conn, r *round) context.Context {
 
 // Adopt serves c, a connection detached elsewhere (in another process, or
 // by this server's Detach and taken back after a failed hand-over), from
-// state, with the handler's [Resumer.ResumeConn], in its own goroutine. It
+// state, with the handler's [Resumer.ResumeConn], in its own goroutine,
+// once it cleared c's deadlines. It
 // is tracked and counted like an accepted connection ([Stats].Active,
 // Adopted), takes a slot of [Config.MaxConns], is drained by Shutdown, cut
 // by Close and taken out by a later Detach. On success the server owns c.

@@ -119,8 +119,7 @@ func (m *move) run(b *testing.B) {
 	b.StartTimer()
 	begin = time.Now()
 	for i, d := range conns {
-		c, err := net.FileConn(d.File)
-		d.File.Close()
+		c, err := moved(d.Conn)
 		if err == nil {
 			err = m.to.Adopt(c, d.State)
 		}

@@ -37,22 +37,22 @@
 // cause [ErrDetach] and sets each connection's deadlines to now, which
 // interrupts a blocked read or write; the handler returns a [*Detached]
 // holding its state (for the echo, the bytes it read and has not written
-// back). The server then duplicates the socket's descriptor, closes its
-// own without shutting the socket down, and returns the duplicate with the
-// state as a [DetachedConn]: the kernel keeps the connection, and every
-// byte the client sent and nobody read yet, in its buffers. The caller
-// passes the descriptors to the new generation (package handoff does,
-// with SCM_RIGHTS), where [net.FileConn] and [Server.Adopt] resume each
-// connection from its state ([Resumer.ResumeConn]). No byte is lost,
-// duplicated or reordered, and the client notices nothing. A hand-over
-// that fails is undone with Adopt in the old generation, which may also
-// Serve again, or Shutdown to drain.
+// back). The server then stops tracking the connection and returns it,
+// open, with the state as a [DetachedConn]: the kernel keeps the
+// connection, and every byte the client sent and nobody read yet, in its
+// buffers. The caller passes its descriptor to the new generation
+// (package handoff does, with SCM_RIGHTS), where [net.FileConn] and
+// [Server.Adopt] resume it from its state ([Resumer.ResumeConn]), and
+// closes its own: closing a descriptor does not shut the socket down. No
+// byte is lost, duplicated or reordered, and the client notices nothing.
+// A hand-over that fails is undone with Adopt in the old generation, which
+// may also Serve again, or Shutdown to drain.
 //
 // Detach waits for every handler to answer, or for its context to end:
 // the connections whose handler had not answered then are served on
 // (their deadlines cleared), and one whose handler returns *Detached later
 // is resumed in place. Handlers that are not Resumers are not interrupted:
-// their connections are left to Shutdown. Detach is Linux-only.
+// their connections are left to Shutdown.
 //
 // The package knows nothing of generations, tableflip or systemd; any
 // daemon that needs a drainable TCP or Unix-socket server can use it.

@@ -1,5 +1,3 @@
-//go:build linux
-
 package daemon_test
 
 import (
@@ -15,8 +13,10 @@ import (
 // ExampleServer_Detach moves a live connection from one server to another,
 // as a new generation of a daemon takes over its predecessor's clients:
 // the client goes on talking on the same connection and notices nothing.
-// Between processes the detached files travel over a Unix socket
-// (SCM_RIGHTS); here both servers are in one process.
+// Between processes the detached connections' descriptors travel over a
+// Unix socket (SCM_RIGHTS, see package handoff), and the process that
+// receives one makes a net.Conn of it with net.FileConn; here both servers
+// are in one process and adopt the very same net.Conn.
 func ExampleServer_Detach() {
 	old := daemon.New(daemon.Config{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -55,13 +55,9 @@ func ExampleServer_Detach() {
 	next := daemon.New(daemon.Config{})
 	defer next.Close()
 	for _, d := range conns {
-		nc, err := net.FileConn(d.File) // a duplicate: d.File is still ours
-		d.File.Close()
-		if err == nil {
-			err = next.Adopt(nc, d.State)
-		}
-		if err != nil {
+		if err := next.Adopt(d.Conn, d.State); err != nil {
 			fmt.Println(err)
+			d.Conn.Close()
 		}
 	}
 	say("after the move")

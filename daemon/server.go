@@ -324,6 +324,9 @@ func (s *Server) trackConn(c net.Conn, adopt bool) (context.Context, error) {
 	// Counted under the lock: Stats never shows more connections active
 	// than accepted and adopted.
 	if adopt {
+		// A Detach left them in the past. Under mu, so that a Detach that
+		// starts next interrupts the adopted handler.
+		_ = c.SetDeadline(time.Time{})
 		s.adopted.Add(1)
 	} else {
 		s.accepted.Add(1)

@@ -51,9 +51,9 @@ func openParentLink(upg *tableflip.Upgrader) (*parentLink, error) {
 	}
 	// The offer was queued before the exec: it is there, or the parent
 	// did not send one.
-	m, files, ctrunc, err := ch.recv(false, time.Time{})
-	closeFiles(files)
-	if err == nil && (ctrunc || len(files) > 0) {
+	m, fds, ctrunc, err := ch.recv(false, time.Time{})
+	closeFDs(fds)
+	if err == nil && (ctrunc || len(fds) > 0) {
 		err = fmt.Errorf("%w: file descriptors with the offer", ErrProtocol)
 	}
 	if errors.Is(err, errNoMessage) {

@@ -364,7 +364,7 @@ func (g *Generation) serveAdopted(pending []adoptedConn) {
 			// Ours now, and refused: nothing else can serve it.
 			p.c.Close()
 			res.Lost++
-			res.Err = fmt.Errorf("handoff: adopt %s: %w", p.remote, err)
+			res.Err = fmt.Errorf("handoff: adopt %s: %w", p.c.RemoteAddr(), err)
 			continue
 		}
 		res.Moved++

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -107,16 +108,16 @@ func TestChannelTruncation(t *testing.T) {
 	if err := a.send(msgFailed, failed{Reason: "why"}, int(f.Fd())); err != nil {
 		t.Fatal(err)
 	}
-	m, files, _, err := b.recv(true, time.Now().Add(10*time.Second))
+	m, fds, _, err := b.recv(true, time.Now().Add(10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeFiles(files)
+	defer closeFDs(fds)
 	var fl failed
-	if err := decodeBody(m, &fl); err != nil || fl.Reason != "why" || len(files) != 1 {
-		t.Fatalf("got %+v %v with %d files", fl, err, len(files))
+	if err := decodeBody(m, &fl); err != nil || fl.Reason != "why" || len(fds) != 1 {
+		t.Fatalf("got %+v %v with %d fds", fl, err, len(fds))
 	}
-	flags, err := unix.FcntlInt(files[0].Fd(), unix.F_GETFD, 0)
+	flags, err := unix.FcntlInt(uintptr(fds[0]), unix.F_GETFD, 0)
 	if err != nil || flags&unix.FD_CLOEXEC == 0 {
 		t.Fatalf("received fd flags %#x (%v), want close-on-exec", flags, err)
 	}
@@ -154,8 +155,9 @@ func FuzzDecodeMessage(f *testing.F) {
 
 // TestHandOverWithinRoom: the parent's and the child's sides of the
 // hand-over over a real channel: the child takes what its room allows (a
-// prefix), says it is full, and the parent keeps the rest; the fds that
-// moved are the very sockets (a byte written to the peer arrives).
+// prefix), says it is full, and the parent keeps the rest, and a
+// connection without a descriptor; the fds that moved are the very
+// sockets (a byte written to the peer arrives).
 func TestHandOverWithinRoom(t *testing.T) {
 	parentEnd, childFile, err := newChannelPair()
 	if err != nil {
@@ -171,15 +173,28 @@ func TestHandOverWithinRoom(t *testing.T) {
 	const n, room = 600, 300
 	var conns []daemon.DetachedConn
 	var peers []*os.File
+	defer func() {
+		for _, p := range peers {
+			p.Close()
+		}
+	}()
 	for i := range n {
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		conns = append(conns, daemon.DetachedConn{File: os.NewFile(uintptr(fds[0]), "c"), State: []byte{byte(i)}, Remote: "peer"})
 		peers = append(peers, os.NewFile(uintptr(fds[1]), "p"))
+		c, err := fdConn(fds[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, daemon.DetachedConn{Conn: c, State: []byte{byte(i)}})
+		if i == 0 {
+			a, b := net.Pipe() // no descriptor
+			defer b.Close()
+			conns = append(conns, daemon.DetachedConn{Conn: a, State: []byte("no fd")})
+		}
 	}
-	defer closeFiles(peers)
 
 	g := &Generation{log: slog.New(slog.DiscardHandler)}
 	g.MigrateWith(Migration{
@@ -213,8 +228,11 @@ func TestHandOverWithinRoom(t *testing.T) {
 			a.c.Close()
 		}
 	}()
-	if len(sent) != len(res.got) || len(sent)+len(kept) != n {
-		t.Fatalf("sent %d, child got %d, kept %d; want sent == got and sent+kept == %d", len(sent), len(res.got), len(kept), n)
+	if len(sent) != len(res.got) || len(sent)+len(kept) != n+1 {
+		t.Fatalf("sent %d, child got %d, kept %d; want sent == got and sent+kept == %d", len(sent), len(res.got), len(kept), n+1)
+	}
+	if string(kept[0].State) != "no fd" {
+		t.Errorf("kept first: the connection with state %q, want the one without a descriptor", kept[0].State)
 	}
 	if len(sent) != room {
 		t.Fatalf("the child took %d, want its room, %d", len(sent), room)
@@ -224,16 +242,19 @@ func TestHandOverWithinRoom(t *testing.T) {
 			t.Fatalf("connection %d came with state %v, want [%d]", i, a.state, byte(i))
 		}
 	}
-	// The same socket: what the peer writes, the adopted conn reads.
-	if _, err := peers[0].Write([]byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	_ = res.got[0].c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	b := make([]byte, 1)
-	if _, err := res.got[0].c.Read(b); err != nil || b[0] != 'x' {
-		t.Fatalf("adopted conn read %q, %v", b, err)
+	// The same sockets, each open once: what a peer writes, its adopted
+	// conn reads (a descriptor closed twice would have closed another).
+	for i, a := range res.got {
+		if _, err := peers[i].Write([]byte{'x', byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		_ = a.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 2)
+		if _, err := io.ReadFull(a.c, b); err != nil || b[0] != 'x' || b[1] != byte(i) {
+			t.Fatalf("adopted conn %d read %q, %v", i, b, err)
+		}
 	}
 	for _, c := range append(sent, kept...) {
-		c.File.Close()
+		c.Conn.Close()
 	}
 }

@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/echod/echod/daemon"
@@ -49,7 +52,9 @@ type connsMsg struct {
 }
 
 type connState struct {
-	State  []byte `json:"state,omitempty"`
+	State []byte `json:"state,omitempty"`
+	// Remote is the peer's address, for the logs (release 2 sends it;
+	// the child takes the address from the socket).
 	Remote string `json:"remote,omitempty"`
 }
 
@@ -74,6 +79,26 @@ const handOverWindow = 4
 type inflight struct {
 	batch int
 	conns []daemon.DetachedConn
+}
+
+// connFD returns the descriptor of c's socket, which stays c's: the
+// caller uses it while c is open. ok is false for a connection that
+// exposes none (a TLS connection in user space, say): it cannot move to
+// another process.
+func connFD(c net.Conn) (fd int, ok bool) {
+	sc, isSys := c.(syscall.Conn)
+	if !isSys {
+		return -1, false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, false
+	}
+	fd = -1
+	if err := rc.Control(func(s uintptr) { fd = int(s) }); err != nil {
+		return -1, false
+	}
+	return fd, fd >= 0
 }
 
 // keepAll gathers what stays with the parent after a failed hand-over.
@@ -147,10 +172,20 @@ func (g *Generation) handOver(ch *channel, msgs <-chan recvResult, upErr <-chan 
 	if err != nil {
 		g.logger().Warn("detaching connections", "err", err)
 	}
+	// Only a connection with a descriptor can move; the others stay.
+	rest := conns[:0:0]
+	var restFDs []int
+	for _, d := range conns {
+		if fd, ok := connFD(d.Conn); ok {
+			rest = append(rest, d)
+			restFDs = append(restFDs, fd)
+		} else {
+			kept = append(kept, d)
+		}
+	}
 	// Up to window batches in flight: the child takes one while the next
 	// is on its way. Accepts come back in order.
 	var window []inflight
-	rest := conns
 	full := false
 	for batch := 1; len(rest) > 0 || len(window) > 0; {
 		for !full && len(rest) > 0 && len(window) < handOverWindow {
@@ -158,19 +193,15 @@ func (g *Generation) handOver(ch *channel, msgs <-chan recvResult, upErr <-chan 
 			if n == 0 {
 				// A state too large for a message: it stays here.
 				kept = append(kept, rest[0])
-				rest = rest[1:]
+				rest, restFDs = rest[1:], restFDs[1:]
 				continue
 			}
 			body.Batch = batch
-			fds := make([]int, n)
-			for i, c := range rest[:n] {
-				fds[i] = int(c.File.Fd())
-			}
-			if err := ch.send(msgConns, body, fds...); err != nil {
+			if err := ch.send(msgConns, body, restFDs[:n]...); err != nil {
 				return sent, keepAll(kept, window, rest), err
 			}
 			window = append(window, inflight{batch: batch, conns: rest[:n]})
-			rest = rest[n:]
+			rest, restFDs = rest[n:], restFDs[n:]
 			batch++
 		}
 		if len(window) == 0 {
@@ -206,7 +237,7 @@ func waitAccept(msgs <-chan recvResult, upErr <-chan error, batch, n int) (accep
 	defer t.Stop()
 	select {
 	case r := <-msgs:
-		closeFiles(r.files)
+		closeFDs(r.fds)
 		if r.err != nil {
 			return acceptMsg{}, fmt.Errorf("handoff: batch %d: %w", batch, r.err)
 		}
@@ -240,8 +271,8 @@ func (u *upgradeEnded) Error() string {
 
 // settle ends a hand-over once the upgrade's outcome is known: on success
 // the sent connections are the new generation's (this process closes its
-// copies) and the kept ones are served here again; on failure every one
-// is served here again and accepting resumes.
+// descriptors, once the rest is done) and the kept ones are served here
+// again; on failure every one is served here again and accepting resumes.
 func (g *Generation) settle(success bool, sent, kept []daemon.DetachedConn, started time.Time, herr error) {
 	g.mu.Lock()
 	m := g.migration
@@ -252,24 +283,15 @@ func (g *Generation) settle(success bool, sent, kept []daemon.DetachedConn, star
 	res := HandOverResult{Err: herr}
 	back := kept
 	if success {
-		for _, c := range sent {
-			c.File.Close()
-		}
 		res.Moved = len(sent)
 	} else {
 		back = append(append([]daemon.DetachedConn(nil), sent...), kept...)
 	}
 	for _, d := range back {
-		c, err := net.FileConn(d.File)
-		d.File.Close()
-		if err == nil {
-			if err = m.Adopt(c, d.State); err != nil {
-				c.Close()
-			}
-		}
-		if err != nil {
+		if err := m.Adopt(d.Conn, d.State); err != nil {
+			d.Conn.Close()
 			res.Lost++
-			g.logger().Error("a connection could not be served again", "remote", d.Remote, "err", err)
+			g.logger().Error("a connection could not be served again", "remote", d.Conn.RemoteAddr(), "err", err)
 		}
 	}
 	res.Kept = len(back) - res.Lost
@@ -277,6 +299,13 @@ func (g *Generation) settle(success bool, sent, kept []daemon.DetachedConn, star
 		m.Resume()
 	}
 	res.Took = time.Since(started)
+	if success {
+		// The new generation's now: this process's descriptors go (no
+		// shutdown, the sockets live on there).
+		for _, d := range sent {
+			d.Conn.Close()
+		}
+	}
 	if success {
 		g.mu.Lock()
 		g.lastHand = res
@@ -295,12 +324,12 @@ func batchOf(conns []daemon.DetachedConn) (int, connsMsg) {
 		if len(body.Conns) == maxFDsPerMessage {
 			break
 		}
-		sz := len(c.State)*4/3 + len(c.Remote) + 32 // base64 in JSON
+		sz := len(c.State)*4/3 + 32 // base64 in JSON
 		if size+sz > maxBatchBody {
 			break
 		}
 		size += sz
-		body.Conns = append(body.Conns, connState{State: c.State, Remote: c.Remote})
+		body.Conns = append(body.Conns, connState{State: c.State})
 	}
 	return len(body.Conns), body
 }
@@ -311,9 +340,48 @@ type Adopter func(c net.Conn, state []byte) error
 
 // adoptedConn is a connection taken over and not served yet.
 type adoptedConn struct {
-	c      net.Conn
-	state  []byte
-	remote string
+	c     net.Conn
+	state []byte
+}
+
+// fdConns makes net.Conns of fds, which it closes, on up to GOMAXPROCS
+// goroutines (net.FileConn costs a dozen system calls a socket: spread, a
+// batch takes half the time on two cores while the parent waits). It
+// returns the longest prefix that converted, and closes the conns after
+// the first failure.
+func fdConns(fds []int) []net.Conn {
+	conns := make([]net.Conn, len(fds))
+	errs := make([]error, len(fds))
+	workers := max(1, min(runtime.GOMAXPROCS(0), len(fds)/32))
+	chunk := (len(fds) + workers - 1) / workers
+	var wg sync.WaitGroup
+	for lo := 0; lo < len(fds); lo += chunk {
+		hi := min(lo+chunk, len(fds))
+		wg.Go(func() {
+			for i := lo; i < hi; i++ {
+				conns[i], errs[i] = fdConn(fds[i])
+			}
+		})
+	}
+	wg.Wait()
+	n := 0
+	for n < len(fds) && errs[n] == nil {
+		n++
+	}
+	for _, c := range conns[n:] {
+		if c != nil {
+			c.Close()
+		}
+	}
+	return conns[:n]
+}
+
+// fdConn makes a net.Conn of a received socket's fd, which it closes in
+// every case (net.FileConn serves a duplicate).
+func fdConn(fd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), "handoff-conn")
+	defer f.Close()
+	return net.FileConn(f)
 }
 
 // receiveConns runs in a new generation that adopts connections, after
@@ -328,7 +396,7 @@ func (l *parentLink) receiveConns(room func() int) ([]adoptedConn, error) {
 	// not cheap with thousands of them).
 	left := room()
 	for {
-		m, files, ctrunc, err := l.ch.recv(true, time.Time{})
+		m, fds, ctrunc, err := l.ch.recv(true, time.Time{})
 		if err != nil {
 			if errors.Is(err, errEOF) {
 				err = errors.New("handoff: the previous generation closed the channel during the hand-over")
@@ -337,39 +405,35 @@ func (l *parentLink) receiveConns(room func() int) ([]adoptedConn, error) {
 		}
 		switch m.Type {
 		case msgDone:
-			closeFiles(files)
+			closeFDs(fds)
 			return got, nil
 		case msgConns:
 		default:
-			closeFiles(files)
+			closeFDs(fds)
 			return got, fmt.Errorf("%w: unexpected %s during the hand-over", ErrProtocol, m.Type)
 		}
 		var b connsMsg
-		if err := decodeBody(m, &b); err != nil || len(files) > len(b.Conns) {
-			closeFiles(files)
+		if err := decodeBody(m, &b); err != nil || len(fds) > len(b.Conns) {
+			closeFDs(fds)
 			if err == nil {
-				err = fmt.Errorf("%w: %d fds for %d states", ErrProtocol, len(files), len(b.Conns))
+				err = fmt.Errorf("%w: %d fds for %d states", ErrProtocol, len(fds), len(b.Conns))
 			}
 			return got, err
 		}
 		// Take a prefix: what arrived (MSG_CTRUNC cuts the tail), within
 		// room, and what becomes a connection.
-		limit := len(files)
+		limit := len(fds)
 		if full {
 			limit = 0
 		} else if left < limit {
 			limit = max(left, 0)
 		}
-		taken := 0
-		for _, f := range files[:limit] {
-			c, err := net.FileConn(f)
-			if err != nil {
-				break // the prefix ends here
-			}
-			got = append(got, adoptedConn{c: c, state: b.Conns[taken].State, remote: b.Conns[taken].Remote})
-			taken++
+		conns := fdConns(fds[:limit])
+		closeFDs(fds[limit:])
+		for i, c := range conns {
+			got = append(got, adoptedConn{c: c, state: b.Conns[i].State})
 		}
-		closeFiles(files)
+		taken := len(conns)
 		left -= taken
 		full = full || ctrunc || taken < len(b.Conns)
 		if err := l.ch.send(msgAccept, acceptMsg{Batch: b.Batch, Taken: taken, Full: full}); err != nil {
@@ -388,7 +452,7 @@ var afterAccept func(batch int)
 // recvResult is one receive on the parent's reader.
 type recvResult struct {
 	m      message
-	files  []*os.File
+	fds    []int
 	ctrunc bool
 	err    error
 }

@@ -157,8 +157,8 @@ func (g *Generation) converse(ch *channel, msgs <-chan recvResult, upErrC <-chan
 			if !ok {
 				return rep, nil, false // reader ended (EOF or error): wait for tableflip
 			}
-			closeFiles(r.files)
-			if r.err == nil && (r.ctrunc || len(r.files) > 0) {
+			closeFDs(r.fds)
+			if r.err == nil && (r.ctrunc || len(r.fds) > 0) {
 				r.err = fmt.Errorf("%w: file descriptors from the new generation", ErrProtocol)
 			}
 			if r.err != nil {
@@ -199,11 +199,11 @@ func startReader(ch *channel) (<-chan recvResult, func()) {
 		defer close(done)
 		defer close(out)
 		for {
-			m, files, ctrunc, err := ch.recv(true, time.Time{})
+			m, fds, ctrunc, err := ch.recv(true, time.Time{})
 			select {
-			case out <- recvResult{m: m, files: files, ctrunc: ctrunc, err: err}:
+			case out <- recvResult{m: m, fds: fds, ctrunc: ctrunc, err: err}:
 			case <-quit:
-				closeFiles(files)
+				closeFDs(fds)
 				return
 			}
 			if err != nil {
@@ -223,12 +223,12 @@ func startReader(ch *channel) (<-chan recvResult, func()) {
 func readReport(ch *channel) childReport {
 	var rep childReport
 	for {
-		m, files, ctrunc, err := ch.recv(false, time.Time{})
-		closeFiles(files)
+		m, fds, ctrunc, err := ch.recv(false, time.Time{})
+		closeFDs(fds)
 		if errors.Is(err, errNoMessage) || errors.Is(err, errEOF) {
 			return rep
 		}
-		if err == nil && (ctrunc || len(files) > 0) {
+		if err == nil && (ctrunc || len(fds) > 0) {
 			err = fmt.Errorf("%w: file descriptors from the new generation", ErrProtocol)
 		}
 		if err != nil {

@@ -287,11 +287,13 @@ var errNoMessage = errors.New("handoff: no message")
 // recv reads one message. With wait false it returns errNoMessage at
 // once when nothing is queued; with wait true it waits until deadline
 // (zero: no deadline). errEOF means the other end closed. Received fds
-// are returned as close-on-exec files; ctrunc reports MSG_CTRUNC: the
-// kernel could not pass them all (the receiver's fd limit) and the files
-// are the first of those sent. A caller that expects no fds treats it as
-// the error it is.
-func (ch *channel) recv(wait bool, deadline time.Time) (m message, files []*os.File, ctrunc bool, err error) {
+// are returned as they are, close-on-exec, the caller's to close (no
+// *os.File, whose registration with the runtime poller would cost two
+// system calls each for nothing); ctrunc reports MSG_CTRUNC: the kernel
+// could not pass them all (the receiver's fd limit) and the fds are the
+// first of those sent. A caller that expects no fds treats it as the
+// error it is.
+func (ch *channel) recv(wait bool, deadline time.Time) (m message, fds []int, ctrunc bool, err error) {
 	if err := ch.c.SetReadDeadline(deadline); err != nil {
 		return message{}, nil, false, fmt.Errorf("handoff: receive: %w", err)
 	}
@@ -340,12 +342,12 @@ func (ch *channel) recv(wait bool, deadline time.Time) (m message, files []*os.F
 		return message{}, nil, false, errEOF
 	}
 	if flags&unix.MSG_TRUNC != 0 || ferr != nil {
-		closeFiles(files)
+		closeFDs(fds)
 		return message{}, nil, false, fmt.Errorf("%w: truncated message (flags %#x) %v", ErrProtocol, flags, ferr)
 	}
 	m, err = decodeMessage(buf[:n])
 	if err != nil {
-		closeFiles(files)
+		closeFDs(fds)
 		return message{}, nil, false, err
 	}
 	return m, files, flags&unix.MSG_CTRUNC != 0, nil
@@ -354,7 +356,8 @@ func (ch *channel) recv(wait bool, deadline time.Time) (m message, files []*os.F
 // errEOF: the other end closed the channel.
 var errEOF = errors.New("handoff: channel closed by the other generation")
 
-func parseRights(oob []byte) ([]*os.File, error) {
+// parseRights returns the fds received in oob's SCM_RIGHTS messages.
+func parseRights(oob []byte) ([]int, error) {
 	if len(oob) == 0 {
 		return nil, nil
 	}
@@ -362,24 +365,23 @@ func parseRights(oob []byte) ([]*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	var files []*os.File
+	var fds []int
 	var errs []error
 	for _, m := range msgs {
-		fds, err := unix.ParseUnixRights(&m)
+		got, err := unix.ParseUnixRights(&m)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		for _, fd := range fds {
-			files = append(files, os.NewFile(uintptr(fd), "handoff-fd"))
-		}
+		fds = append(fds, got...)
 	}
-	return files, errors.Join(errs...)
+	return fds, errors.Join(errs...)
 }
 
-func closeFiles(fs []*os.File) {
-	for _, f := range fs {
-		f.Close()
+// closeFDs closes received fds nobody took.
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
 	}
 }
 
