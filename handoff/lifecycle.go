@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -490,8 +491,10 @@ func (r *runner) drain(p phase) bool {
 }
 
 // fdRoom is how many more connections this process can take over: its
-// fd headroom under the soft RLIMIT_NOFILE, less a margin for its own
-// accepts and files.
+// fd headroom under the soft RLIMIT_NOFILE, less a margin: while a batch
+// is converted its received fds (up to maxFDsPerMessage) are open beside
+// the connections made of them (one duplicate in flight per CPU), and the
+// process opens a few files of its own.
 func fdRoom() int {
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
@@ -503,8 +506,12 @@ func fdRoom() int {
 	}
 	names, _ := f.Readdirnames(-1)
 	f.Close()
-	return int(rl.Cur) - len(names) - 2*maxFDsPerMessage
+	return int(rl.Cur) - len(names) - (maxFDsPerMessage + runtime.GOMAXPROCS(0) + fdRoomSpare)
 }
+
+// fdRoomSpare is the part of fdRoom's margin left for the process's own
+// files.
+const fdRoomSpare = 16
 
 // waitParent waits, on final stop, for a previous generation that is still
 // draining, so the main process exits last and a synchronous stop returns

@@ -33,9 +33,9 @@ import (
 //
 // One owner at every instant: the parent pauses accepting and takes every
 // connection out of its server at a safe point before the first batch,
-// and keeps a descriptor of each until the upgrade's outcome. If the child
-// commits, the connections it took are its own and the parent closes its
-// copies; if it dies, hangs (no accept within ackTimeout, or not ready
+// and keeps its own descriptor of each until the upgrade's outcome. If the
+// child commits, the connections it took are its own and the parent
+// closes its descriptors; if it dies, hangs (no accept within ackTimeout, or not ready
 // within the upgrade timeout) or breaks the channel first, it never served
 // any of them, and the parent takes every one back and accepts again.
 

@@ -187,11 +187,11 @@ func TestMigRows(t *testing.T) {
 	rep.Timeline.BucketMS = 100
 	rep.Timeline.Points = []load.TimelinePoint{{StartMS: 6000, Count: 5, P99MS: 3, MaxMS: 4}, {StartMS: 7900, Count: 5, P99MS: 2, MaxMS: 9}, {StartMS: 8000, Count: 5, P99MS: 50, MaxMS: 60}}
 	sighup := t0.Add(8 * time.Second)
-	mig := &migRun{migrate: true, streams: 10000, rep: rep, t0: t0, sighup: sighup, reload: &rep.Reloads.Events[0],
+	mig := &migRun{migrate: true, streams: 10000, interval: migInterval, rep: rep, t0: t0, sighup: sighup, reload: &rep.Reloads.Events[0],
 		gens: map[int]genInfo{1: {gen: 1, exitAt: sighup.Add(150 * time.Millisecond)}, 2: {gen: 2, readyAt: sighup.Add(140 * time.Millisecond)}},
 		ho:   &handOver{gen: 1, succeeded: true, moved: 10000, took: 85 * time.Millisecond}, detach: 20 * time.Millisecond,
 		fdsBase: 10, fdsUp: 10010, upAt: 2 * time.Second, measured: true, oldAfter: -1, newAfter: 10012}
-	drain := &migRun{streams: 10000, rep: rep, t0: t0, sighup: sighup, reload: &rep.Reloads.Events[0],
+	drain := &migRun{streams: 10000, interval: migInterval, rep: rep, t0: t0, sighup: sighup, reload: &rep.Reloads.Events[0],
 		gens: map[int]genInfo{}, detach: -1, fdsBase: 10, fdsUp: -1, upAt: -1, measured: true, oldAfter: 10009, newAfter: 12}
 	rows := migRows([]*migRun{mig, drain, nil}, true)
 	get := func(prefix string) []string {
@@ -228,7 +228,21 @@ func TestMigRows(t *testing.T) {
 	}
 	rep2 := *rep
 	rep2.Streams.Messages = 150_000
-	if s := saturated([]*migRun{{migrate: true, streams: 10000, rep: &rep2, loadAvg: "3.00 2.00 1.00"}}); !strings.Contains(s, "10,000 of 100,000") {
+	if s := saturated([]*migRun{{migrate: true, streams: 10000, interval: migInterval, rep: &rep2, loadAvg: "3.00 2.00 1.00"}}); !strings.Contains(s, "10,000 of 100,000") {
 		t.Errorf("saturated = %q", s)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(c.in); got != c.want {
+			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+	if got := maxOf([]float64{1, 7, 3}); got != 7 {
+		t.Errorf("maxOf = %v, want 7", got)
 	}
 }

@@ -16,7 +16,13 @@ import (
 const (
 	migStreams    = 10000
 	migMaxStreams = 19000
-	migInterval   = 100 * time.Millisecond
+	// Each stream sends a message every migInterval; the quiet run every
+	// migQuietInterval (an offered load this machine carries), and the
+	// idle run every migIdleInterval: a stream sends at its start and
+	// next after the SIGHUP, so every connection is idle when it moves.
+	migInterval      = 100 * time.Millisecond
+	migQuietInterval = time.Second
+	migIdleInterval  = 10 * time.Second
 	// echoload's reloader ticks every -reload-every from its start: an
 	// interval over half the run gives exactly one SIGHUP, at that time.
 	migDur      = 15 * time.Second
@@ -38,6 +44,7 @@ const (
 type migRun struct {
 	migrate  bool
 	streams  int
+	interval time.Duration // between a stream's messages
 	pid1     int
 	rep      *load.Report
 	t0       time.Time // echoload's start (its report's started_at)
@@ -60,34 +67,48 @@ type migRun struct {
 func (b *bench) stormMigrate(ctx context.Context, sec *section) error {
 	sec.body.WriteString(fmt.Sprintf("### 2c. %s live streams, one SIGHUP: connections handed over (migrate) vs drained\n\n", fmtInt(migStreams)))
 	sec.note("2c")
+	type variant struct {
+		name, label string
+		migrate     bool
+		interval    time.Duration
+	}
+	variants := []variant{
+		{"s2c-migrate-idle", fmt.Sprintf("migrate, idle (every %s)", migIdleInterval), true, migIdleInterval},
+		{"s2c-migrate-quiet", fmt.Sprintf("migrate, every %s", migQuietInterval), true, migQuietInterval},
+		{"s2c-migrate", fmt.Sprintf("migrate, every %s", migInterval), true, migInterval},
+		{"s2c-drain", fmt.Sprintf("drain (-migrate=false), every %s", migInterval), false, migInterval},
+	}
 	var (
-		runs [2]*migRun
-		errs []error
+		runs   []*migRun
+		labels []string
+		errs   []error
 	)
-	for i, migrate := range []bool{true, false} {
-		name := "s2c-migrate"
-		if !migrate {
-			name = "s2c-drain"
-		}
-		r, err := b.runMigrate(ctx, sec, name, migStreams, migrate, migDur, migReloadAt)
+	for _, v := range variants {
+		r, err := b.runMigrate(ctx, sec, v.name, migStreams, v.migrate, v.interval, migDur, migReloadAt)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			errs = append(errs, fmt.Errorf("%s: %w", v.name, err))
 		}
-		runs[i] = r
+		runs = append(runs, r)
+		labels = append(labels, v.label)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
-	sec.p("%s streams (`-streams %d -stream-interval %s -concurrency 0`: each one connection sending a 64 B "+
-		"message every %s and verifying every echoed byte, no short connections) for %s; echoload sends one "+
+	sec.p("%s streams (`-streams %d -stream-interval I -concurrency 0`: each one connection sending a 64 B "+
+		"message every I and verifying every echoed byte, no short connections) for %s; echoload sends one "+
 		"SIGHUP to the pid in the pid file %s into the run (its reload ticks every -reload-every from its "+
 		"start, so -reload-every %s in a %s run is exactly one SIGHUP, after the streams are open). "+
-		"Each mode runs against a fresh echod with -drain-timeout %s, longer than the run, so that with "+
-		"-migrate=false the old generation keeps serving its streams until echoload closes them at the end. "+
+		"Four runs, each against a fresh echod with -drain-timeout %s (longer than the run, so that with "+
+		"-migrate=false the old generation keeps serving its streams until echoload closes them at the end): "+
+		"migrate with I = %s (a stream sends at its start and next after the SIGHUP: every connection is idle "+
+		"when it moves), with I = %s (%s msg/s offered, which this machine carries) and with I = %s (%s msg/s, "+
+		"which it does not), and drain with I = %s. "+
 		"With migration (the default) the old generation pauses accepting, takes every connection out of its "+
-		"server, sends the descriptors and their state to the new generation and keeps a copy of each until "+
+		"server, sends the descriptors and their state to the new generation and keeps its own until "+
 		"the commit; the new one serves them once committed, before it logs \"ready\".",
-		fmtInt(migStreams), migStreams, migInterval, migInterval, migDur, migReloadAt, migReloadAt, migDur, migDrainTimeout)
+		fmtInt(migStreams), migStreams, migDur, migReloadAt, migReloadAt, migDur, migDrainTimeout,
+		migIdleInterval, migQuietInterval, fmtInt(int64(float64(migStreams)/migQuietInterval.Seconds())),
+		migInterval, fmtInt(int64(float64(migStreams)/migInterval.Seconds())), migInterval)
 	sec.p("Figures: \"hand-over took\" is the took= of the old generation's \"connection hand-over\" log line " +
 		"(from its pause to the upgrade's outcome; \"connections detached\" took= is the part spent taking the " +
 		"connections out of its server). \"SIGHUP → new generation ready\" is to the new generation's \"ready\" " +
@@ -100,17 +121,21 @@ func (b *bench) stormMigrate(ctx context.Context, sec *section) error {
 		"Descriptors are counted in /proc/PID/fd (an idle generation has about 10). Bytes lost = failed " +
 		"round trips × 64 B: every byte is verified, so any loss shows up as a failure (eof, reset, corrupt, " +
 		"or timeout: no full echo within echoload's -timeout, 5 s, after which it closes the connection).")
-	sec.table(migHeader("migrate (default)", "drain (-migrate=false)"), migRows(runs[:], true))
-	if n := saturated(runs[:]); n != "" {
+	sec.table(migHeader(labels...), migRows(runs, true))
+	if n := saturated(runs); n != "" {
 		sec.p("**The machine cannot carry the offered load** (%s): the streams wait for CPU, so every latency "+
 			"above, the steady ones included, is mostly queueing, and the hand-over competes for the same two "+
 			"cores. Compare the reload figures with the steady ones of the same run, not with the targets alone.", n)
 	}
 	sec.p("Generations, from echod's log (seconds since echoload started; the SIGHUP at %s):", migReloadAt)
-	sec.table([]string{"mode", "generation", "pid", "ready at (s)", "exited at (s)"}, append(migTimeline("migrate", runs[0]), migTimeline("drain", runs[1])...))
+	var timeline [][]string
+	for i, r := range runs {
+		timeline = append(timeline, migTimeline(labels[i], r)...)
+	}
+	sec.table([]string{"run", "generation", "pid", "ready at (s)", "exited at (s)"}, timeline)
 	for i, r := range runs {
 		if r != nil && r.rep != nil {
-			describeFailuresOf(sec, r.rep, []string{"migrate", "drain"}[i])
+			describeFailuresOf(sec, r.rep, labels[i])
 		}
 	}
 
@@ -118,7 +143,7 @@ func (b *bench) stormMigrate(ctx context.Context, sec *section) error {
 		return ctx.Err()
 	}
 	sec.body.WriteString(fmt.Sprintf("#### 2c, continued: %s streams under RLIMIT_NOFILE %s (migrate)\n\n", fmtInt(migMaxStreams), describeMachine("").NoFile))
-	r, err := b.runMigrate(ctx, sec, "s2c-migrate-max", migMaxStreams, true, migMaxDur, migMaxReloadAt)
+	r, err := b.runMigrate(ctx, sec, "s2c-migrate-max", migMaxStreams, true, migInterval, migMaxDur, migMaxReloadAt)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("s2c-migrate-max: %w", err))
 	}
@@ -154,7 +179,7 @@ func (b *bench) stormMigrate(ctx context.Context, sec *section) error {
 // runMigrate starts a fresh echod (-migrate or -migrate=false), runs the
 // streams with one SIGHUP and gathers the figures. On error the returned
 // run holds what could be gathered.
-func (b *bench) runMigrate(ctx context.Context, sec *section, name string, streams int, migrate bool, dur, reloadAt time.Duration) (*migRun, error) {
+func (b *bench) runMigrate(ctx context.Context, sec *section, name string, streams int, migrate bool, interval, dur, reloadAt time.Duration) (*migRun, error) {
 	extra := []string{"-drain-timeout", migDrainTimeout.String()}
 	if !migrate {
 		extra = append(extra, "-migrate=false")
@@ -165,7 +190,7 @@ func (b *bench) runMigrate(ctx context.Context, sec *section, name string, strea
 	}
 	defer ed.Stop()
 	sec.cmdc(ed.argv, "bound to "+ed.addr)
-	r := &migRun{migrate: migrate, streams: streams, pid1: ed.cmd.Process.Pid,
+	r := &migRun{migrate: migrate, streams: streams, interval: interval, pid1: ed.cmd.Process.Pid,
 		detach: -1, fdsUp: -1, upAt: -1, oldAfter: -1, newAfter: -1}
 	time.Sleep(200 * time.Millisecond)
 	r.loadAvg = loadAvg()
@@ -174,7 +199,7 @@ func (b *bench) runMigrate(ctx context.Context, sec *section, name string, strea
 	}
 	l, err := b.startLoad(ctx, sec, name, dur+2*time.Minute,
 		"-addr", ed.addr, "-duration", dur.String(), "-concurrency", "0",
-		"-streams", itoa(streams), "-stream-interval", migInterval.String(),
+		"-streams", itoa(streams), "-stream-interval", interval.String(),
 		"-reload-signal", "HUP", "-reload-pid-file", ed.pidFile, "-reload-every", reloadAt.String())
 	if err != nil {
 		return r, err
@@ -265,12 +290,12 @@ func saturated(runs []*migRun) string {
 		if r == nil || r.rep == nil || r.rep.ElapsedSeconds <= 0 {
 			continue
 		}
-		offered := float64(r.streams) / migInterval.Seconds()
+		offered := float64(r.streams) / r.interval.Seconds()
 		got := float64(r.rep.Streams.Messages) / r.rep.ElapsedSeconds
 		if got < 0.9*offered {
-			mode := "migrate"
+			mode := "migrate every " + r.interval.String()
 			if !r.migrate {
-				mode = "drain"
+				mode = "drain every " + r.interval.String()
 			}
 			parts = append(parts, fmt.Sprintf("%s: %s of %s msg/s offered, load average %s at the start", mode,
 				fmtF(got, 0), fmtF(offered, 0), r.loadAvg))
@@ -425,7 +450,7 @@ func migRows(runs []*migRun, tenK bool) [][]string {
 			if r.rep.ElapsedSeconds > 0 {
 				got = float64(r.rep.Streams.Messages) / r.rep.ElapsedSeconds
 			}
-			return fmt.Sprintf("%s / %s", fmtF(got, 0), fmtF(float64(r.streams)/migInterval.Seconds(), 0))
+			return fmt.Sprintf("%s / %s", fmtF(got, 0), fmtF(float64(r.streams)/r.interval.Seconds(), 0))
 		}},
 		{"failed operations (near the reload)", "0", func(r *migRun) string {
 			return fmt.Sprintf("%d (%d): %s", r.rep.Failures.All.Total, r.rep.Failures.NearReload.Total, failuresString(r.rep.Failures.All))

@@ -167,10 +167,18 @@ type instance struct {
 // and waits until generation 1 is ready. Cleanup stops every generation.
 func startEchod(t testing.TB, bin string, args ...string) *instance {
 	t.Helper()
+	return startEchodVia(t, nil, bin, args...)
+}
+
+// startEchodVia is startEchod through a wrapper that execs its arguments
+// (wrap[0] is run with wrap[1:], then bin and its arguments).
+func startEchodVia(t testing.TB, wrap []string, bin string, args ...string) *instance {
+	t.Helper()
 	dir := t.TempDir()
 	in := &instance{t: t, dir: dir, control: filepath.Join(dir, "ctl.sock"), pidFile: filepath.Join(dir, "echod.pid")}
 	args = append([]string{"-pid-file", in.pidFile, "-control", in.control, "-log-level", "debug"}, args...)
-	in.cmd = exec.Command(bin, args...)
+	argv := append(append(append([]string(nil), wrap...), bin), args...)
+	in.cmd = exec.Command(argv[0], argv[1:]...)
 	in.cmd.Env = cleanEnv()
 	pr, pw, err := os.Pipe()
 	if err != nil {

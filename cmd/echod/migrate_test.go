@@ -61,6 +61,47 @@ func TestMigrateStreamsAcrossReloads(t *testing.T) {
 	t.Logf("%d streams, %d verified round trips across 20 reloads", n, st.rounds.Load())
 }
 
+// TestMigrateBeyondFDRoom: with more streams than the new generation's
+// descriptor limit leaves room for, it takes what fits, the old
+// generation keeps the rest and drains them (it stays until they close),
+// and no stream notices either way.
+func TestMigrateBeyondFDRoom(t *testing.T) {
+	const n, nofile = 200, 400 // room: 400 less ~15 open and a batch's margin
+	limited := []string{"sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile)}
+	in := startEchodVia(t, limited, echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "5m")
+	st, err := startStreams("tcp", in.addrs[0], n, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	waitRounds(t, st, n)
+	old := in.cmd.Process.Pid
+	ans, err := in.reload()
+	if err != nil {
+		t.Fatalf("reload: %v\n%s", err, in.log)
+	}
+	m := movedRe.FindStringSubmatch(ans)
+	if m == nil {
+		t.Fatalf("reload answered %q, want moved= and draining= counts", ans)
+	}
+	moved, _ := strconv.Atoi(m[1])
+	draining, _ := strconv.Atoi(m[2])
+	if moved == 0 || draining == 0 || moved+draining != n {
+		t.Fatalf("reload answered %q: want some moved, some draining, %d in all", ans, n)
+	}
+	in.log.waitFor(t, 10*time.Second, "the hand-over's log line", contains("connection hand-over", fmt.Sprintf(" moved=%d kept=%d lost=0 ", moved, draining)))
+	waitRounds(t, st, 2*n) // both generations serve their part
+	if !alive(old) {
+		t.Fatalf("generation 1 exited with %d connections to drain", draining)
+	}
+	st.close()
+	if f := st.failures(); len(f) > 0 {
+		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
+	}
+	waitExit(t, old, 10*time.Second) // drained once its clients closed
+	t.Logf("%s; %d verified round trips", ans, st.rounds.Load())
+}
+
 // waitRounds waits until the streams have made n more verified round
 // trips (bounded).
 func waitRounds(t testing.TB, st *streams, n int64) {
