@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net"
 	"time"
@@ -73,6 +74,7 @@ type DetachedConn struct {
 // round is one Detach taking connections out; its fields are guarded by
 // the server's mu.
 type round struct {
+	members  []net.Conn    // the connections it takes out
 	pending  int           // connections that have not answered
 	answered chan struct{} // closed when pending drops to 0
 	expired  bool          // Detach returned: later answers are served on
@@ -119,6 +121,18 @@ var aLongTimeAgo = time.Unix(1, 0)
 // caller drains them with Shutdown). After Close Detach returns
 // ErrServerClosed.
 func (s *Server) Detach(ctx context.Context) ([]DetachedConn, error) {
+	return s.DetachN(ctx, 0)
+}
+
+// DetachN is [Server.Detach] for at most n connections (n <= 0: every
+// one), so that a caller can move them in batches, each paused only while
+// it moves: DetachN interrupts the I/O of the connections it takes and of
+// no other. It still cancels every handler's context (there is one for
+// them all): a handler busy on another connection returns a [*Detached] at
+// its next safe point, which the server resumes in place (ResumeConn with
+// its state, a fresh context) at once. It returns no connection, and a nil
+// error, once there is none left to take.
+func (s *Server) DetachN(ctx context.Context, n int) ([]DetachedConn, error) {
 	s.detachMu.Lock()
 	defer s.detachMu.Unlock()
 
@@ -133,7 +147,7 @@ func (s *Server) Detach(ctx context.Context) ([]DetachedConn, error) {
 	}
 
 	start := time.Now()
-	r, err := s.startRound()
+	r, err := s.startRound(n)
 	if r == nil {
 		return nil, err
 	}
@@ -151,14 +165,18 @@ func (s *Server) Detach(ctx context.Context) ([]DetachedConn, error) {
 	if err != nil {
 		err = fmt.Errorf("daemon: detach: %d connections had not answered and are served on: %w", late, err)
 	}
-	s.log.Info("connections detached", "detached", len(out), "late", late, "took", time.Since(start))
+	level := slog.LevelInfo
+	if n > 0 {
+		level = slog.LevelDebug // one batch of many
+	}
+	s.log.Log(context.Background(), level, "connections detached", "detached", len(out), "late", late, "took", time.Since(start))
 	return out, err
 }
 
-// startRound cancels the handlers' context with cause ErrDetach, makes every
-// connection part of a new round and interrupts its I/O. It returns nil
-// when there is nothing to take out.
-func (s *Server) startRound() (*round, error) {
+// startRound cancels the handlers' context with cause ErrDetach, makes up
+// to n connections (n <= 0: every one) part of a new round and interrupts
+// their I/O. It returns nil when there is nothing to take out.
+func (s *Server) startRound(n int) (*round, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conns == nil {
@@ -167,16 +185,23 @@ func (s *Server) startRound() (*round, error) {
 	if len(s.conns) == 0 {
 		return nil, nil
 	}
-	r := &round{pending: len(s.conns), answered: make(chan struct{})}
+	if n <= 0 || n > len(s.conns) {
+		n = len(s.conns)
+	}
+	r := &round{pending: n, answered: make(chan struct{}), members: make([]net.Conn, 0, n)}
 	cancel := s.hcancel
 	s.hctx, s.hcancel = context.WithCancelCause(s.ctx)
 	// The context first, then the deadlines: a handler that sets a
 	// deadline of its own and then checks its context cannot miss both.
 	cancel(ErrDetach)
 	for c := range s.conns {
+		if len(r.members) == n {
+			break
+		}
 		// A connection left over from an earlier round that expired
 		// (its handler has not answered yet) joins this one.
 		s.conns[c] = r
+		r.members = append(r.members, c)
 		// Under mu: a handler resumed in place had its deadlines
 		// cleared under mu too, before it started, so this one holds.
 		_ = c.SetDeadline(aLongTimeAgo) // fails only once c is closed: its handler ends anyway
@@ -192,8 +217,8 @@ func (s *Server) endRound(r *round) (late int, out []DetachedConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r.expired = true
-	for c, cr := range s.conns {
-		if cr == r {
+	for _, c := range r.members {
+		if s.conns[c] == r {
 			late++
 			_ = c.SetDeadline(time.Time{})
 		}

@@ -221,6 +221,78 @@ func TestDetachMigrate(t *testing.T) {
 	}
 }
 
+// TestDetachNBatches moves 100 busy streams in batches of 16 with DetachN:
+// each call takes at most 16, the streams not taken yet go on being served
+// by the old server meanwhile (their handlers see the cancelled context
+// and are resumed in place), and every client gets exactly its sequence
+// back. DetachN returns nothing, and no error, once none is left.
+func TestDetachNBatches(t *testing.T) {
+	const n, batch = 100, 16
+	a := start(t, daemon.Config{}, "tcp")
+	clients := make([]net.Conn, n)
+	for i := range clients {
+		clients[i] = a.dial(t)
+	}
+	streams := make([]*stream, n)
+	for i, c := range clients {
+		streams[i] = startStream(c)
+	}
+	for i, s := range streams {
+		select {
+		case <-s.warm:
+		case err := <-s.result:
+			t.Fatalf("stream %d before the detach: %v", i, err)
+		case <-time.After(ioTimeout):
+			t.Fatalf("stream %d: no echo before the detach", i)
+		}
+	}
+	b := daemon.New(daemon.Config{})
+	t.Cleanup(func() { closeWithin(t, b) })
+	moved, calls := 0, 0
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+		conns, err := a.srv.DetachN(ctx, batch)
+		cancel()
+		if err != nil {
+			closeDetached(conns)
+			t.Fatalf("DetachN after %d moved: %v", moved, err)
+		}
+		if len(conns) == 0 {
+			break
+		}
+		calls++
+		if len(conns) > batch {
+			closeDetached(conns)
+			t.Fatalf("DetachN(%d) returned %d connections", batch, len(conns))
+		}
+		if st := a.srv.Stats(); st.Active != n-moved-len(conns) {
+			t.Fatalf("after taking %d: old server Active = %d, want %d", moved+len(conns), st.Active, n-moved-len(conns))
+		}
+		adopt(t, b, conns)
+		moved += len(conns)
+	}
+	if moved != n || calls != (n+batch-1)/batch {
+		t.Fatalf("moved %d in %d calls, want %d in %d", moved, calls, n, (n+batch-1)/batch)
+	}
+	for _, s := range streams {
+		close(s.stop)
+	}
+	var total uint64
+	for i, s := range streams {
+		if err := recvWithin(t, s.result, "a stream to end"); err != nil {
+			t.Errorf("stream %d: %v", i, err)
+		}
+		total += 8 * s.wrote
+	}
+	st := waitStats(t, b, "every stream to end", func(st daemon.Stats) bool { return st.Closed == n })
+	if got := a.srv.Stats().Bytes + st.Bytes; got != total {
+		t.Errorf("servers echoed %d bytes (%d + %d), clients wrote %d", got, a.srv.Stats().Bytes, st.Bytes, total)
+	}
+	if old := a.srv.Stats(); old.Detached != n || old.Active != 0 {
+		t.Errorf("old server Stats = %+v, want Detached %d, Active 0", old, n)
+	}
+}
+
 // pattern returns n bytes of a sequence that does not repeat within 251
 // bytes, from offset off on.
 func pattern(off, n int) []byte {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -269,8 +270,10 @@ func (g *Generation) Ready() error {
 	if beforeCommit != nil {
 		beforeCommit(g)
 	}
+	restoreGC := holdGC(g.link != nil)
 	pending, err := g.commit(stored)
 	if err != nil {
+		restoreGC()
 		g.mu.Lock()
 		g.state, g.readyErr = failedReady, err
 		g.mu.Unlock()
@@ -296,6 +299,7 @@ func (g *Generation) Ready() error {
 		g.link.close()
 	}
 	g.serveAdopted(pending)
+	restoreGC()
 	ctx, cancel := context.WithCancel(context.Background())
 	g.mu.Lock()
 	g.cancel = cancel
@@ -344,6 +348,22 @@ func (g *Generation) commit(stored []string) ([]adoptedConn, error) {
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
 	return pending, nil
+}
+
+// holdGC turns the garbage collector off (when on is true) until the
+// function it returns is called. A hand-over runs without it, on both
+// sides: a collection then scans the stack of every goroutine (one per
+// connection, thousands) and taxes each allocation with assists, and the
+// hand-over of 10,000 idle connections took 150–190 ms with it, 105–130
+// without (this 2-core machine). The time is bounded (each batch by
+// ackTimeout, the whole by the upgrade timeout), and so is what is
+// allocated meanwhile; a GOMEMLIMIT still applies.
+func holdGC(on bool) (restore func()) {
+	if !on {
+		return func() {}
+	}
+	prev := debug.SetGCPercent(-1)
+	return sync.OnceFunc(func() { debug.SetGCPercent(prev) })
 }
 
 func closeAdopted(cs []adoptedConn) {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"testing"
 	"time"
@@ -184,7 +185,7 @@ func TestHandOverWithinRoom(t *testing.T) {
 			t.Fatal(err)
 		}
 		peers = append(peers, os.NewFile(uintptr(fds[1]), "p"))
-		c, err := fdConn(fds[0])
+		c, err := newSockConn(fds[0])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -196,12 +197,21 @@ func TestHandOverWithinRoom(t *testing.T) {
 		}
 	}
 
+	toDetach := conns
 	g := &Generation{log: slog.New(slog.DiscardHandler)}
 	g.MigrateWith(Migration{
 		Pause:  func() {},
 		Resume: func() {},
-		Detach: func(context.Context) ([]daemon.DetachedConn, error) { return conns, nil },
-		Adopt:  func(net.Conn, []byte) error { return nil },
+		Detach: func(_ context.Context, k int) ([]daemon.DetachedConn, error) {
+			// A server's DetachN: up to k at a time, then none.
+			if k <= 0 || k > len(toDetach) {
+				k = len(toDetach)
+			}
+			out := toDetach[:k]
+			toDetach = toDetach[k:]
+			return out, nil
+		},
+		Adopt: func(net.Conn, []byte) error { return nil },
 	})
 	type childResult struct {
 		got []adoptedConn
@@ -214,7 +224,7 @@ func TestHandOverWithinRoom(t *testing.T) {
 		done <- childResult{got, err}
 	}()
 	msgs, stop := startReader(parentEnd)
-	sent, kept, err := g.handOver(parentEnd, msgs, make(chan error))
+	sent, kept, _, err := g.handOver(parentEnd, msgs, make(chan error))
 	stop()
 	if err != nil {
 		t.Fatal(err)
@@ -256,5 +266,26 @@ func TestHandOverWithinRoom(t *testing.T) {
 	}
 	for _, c := range append(sent, kept...) {
 		c.Conn.Close()
+	}
+}
+
+// TestHoldGC: the collector is off while held, back to its setting after,
+// however often restore is called; holdGC(false) changes nothing.
+func TestHoldGC(t *testing.T) {
+	gcPercent := func() int { v := debug.SetGCPercent(0); debug.SetGCPercent(v); return v }
+	defer debug.SetGCPercent(debug.SetGCPercent(77))
+	holdGC(false)()
+	if got := gcPercent(); got != 77 {
+		t.Fatalf("holdGC(false): GC percent %d, want 77", got)
+	}
+	restore := holdGC(true)
+	if got := gcPercent(); got != -1 {
+		t.Fatalf("held: GC percent %d, want -1 (off)", got)
+	}
+	restore()
+	debug.SetGCPercent(50)
+	restore() // a second call does not undo a later change
+	if got := gcPercent(); got != 50 {
+		t.Fatalf("after restore: GC percent %d, want 50", got)
 	}
 }

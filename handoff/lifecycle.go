@@ -38,9 +38,10 @@ type Server interface {
 // handler that is a daemon.Resumer).
 type Migrator interface {
 	Server
-	// Detach stops accepting and takes every connection that can move
-	// out of the server, at a safe point, with its state.
-	Detach(ctx context.Context) ([]daemon.DetachedConn, error)
+	// DetachN stops accepting and takes up to n connections (n <= 0:
+	// every one) out of the server, at a safe point, with their state;
+	// none once none is left. Connections not taken are served on.
+	DetachN(ctx context.Context, n int) ([]daemon.DetachedConn, error)
 	// Adopt serves a connection another generation detached.
 	Adopt(c net.Conn, state []byte) error
 }
@@ -206,7 +207,7 @@ func (r *runner) start() error {
 			room = func() int { return min(fdRoom(), rs.Room()) }
 		}
 		r.g.AcceptConns(m.Adopt, room)
-		r.g.MigrateWith(Migration{Pause: r.pause, Resume: r.serveAll, Detach: m.Detach, Adopt: m.Adopt})
+		r.g.MigrateWith(Migration{Pause: r.pause, Resume: r.serveAll, Detach: m.DetachN, Adopt: m.Adopt})
 	}
 	if err := r.g.Ready(); err != nil {
 		closeAll(ls)

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"runtime"
 	"sync"
 	"syscall"
@@ -122,9 +121,9 @@ type Migration struct {
 	Pause func()
 	// Resume accepts again, after a failed upgrade.
 	Resume func()
-	// Detach takes every live connection that can move out of the
-	// server, at a safe point.
-	Detach func(ctx context.Context) ([]daemon.DetachedConn, error)
+	// Detach takes up to n live connections (n <= 0: every one) out of
+	// the server, at a safe point, and none once there is none left.
+	Detach func(ctx context.Context, n int) ([]daemon.DetachedConn, error)
 	// Adopt serves a connection again: one the new generation did not
 	// take, or all of them after a failed upgrade.
 	Adopt func(c net.Conn, state []byte) error
@@ -132,11 +131,12 @@ type Migration struct {
 
 // HandOverResult tells how a hand-over went.
 type HandOverResult struct {
-	Moved int           // connections the new generation took
-	Kept  int           // connections this generation kept (they drain here)
-	Lost  int           // connections that could not be served again here
-	Took  time.Duration // from the pause to the outcome
-	Err   error         // why it stopped early or failed, if it did
+	Moved  int           // connections the new generation took
+	Kept   int           // connections this generation kept (they drain here)
+	Lost   int           // connections that could not be served again here
+	Took   time.Duration // from the pause to the outcome
+	Detach time.Duration // of Took, spent taking connections out of the server
+	Err    error         // why it stopped early or failed, if it did
 }
 
 // MigrateWith makes this generation hand its live connections to the new
@@ -158,37 +158,60 @@ func (g *Generation) LastHandOver() HandOverResult {
 // handOver runs the parent's side, once the child said it is ready and
 // adopts connections. It returns the connections sent (the parent keeps
 // them until the outcome), and those the child did not take.
-func (g *Generation) handOver(ch *channel, msgs <-chan recvResult, upErr <-chan error) (sent, kept []daemon.DetachedConn, err error) {
+func (g *Generation) handOver(ch *channel, msgs <-chan recvResult, upErr <-chan error) (sent, kept []daemon.DetachedConn, detachT time.Duration, err error) {
 	g.mu.Lock()
 	m := g.migration
 	g.mu.Unlock()
 	if m == nil {
-		return nil, nil, ch.send(msgDone, doneMsg{})
+		return nil, nil, 0, ch.send(msgDone, doneMsg{})
 	}
+	defer holdGC(true)()
 	m.Pause()
-	ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
-	conns, err := m.Detach(ctx)
-	cancel()
-	if err != nil {
-		g.logger().Warn("detaching connections", "err", err)
-	}
-	// Only a connection with a descriptor can move; the others stay.
-	rest := conns[:0:0]
-	var restFDs []int
-	for _, d := range conns {
-		if fd, ok := connFD(d.Conn); ok {
-			rest = append(rest, d)
-			restFDs = append(restFDs, fd)
-		} else {
-			kept = append(kept, d)
+	// Connections are taken out of the server a batch at a time, just
+	// before they are sent, so that taking the next batch out overlaps the
+	// child's taking the previous one. Those not taken out yet are served
+	// on meanwhile.
+	var (
+		rest    []daemon.DetachedConn // taken out, not sent yet
+		restFDs []int
+		drained bool // nothing more to take out
+	)
+	takeOut := func(n int) {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
+		conns, err := m.Detach(ctx, n)
+		cancel()
+		detachT += time.Since(start)
+		if err != nil {
+			// Those that did not answer are served on here: take no more.
+			g.logger().Warn("detaching connections", "err", err)
+			drained = true
+		}
+		if len(conns) == 0 {
+			drained = true
+		}
+		// Only a connection with a descriptor can move; the others stay.
+		for _, d := range conns {
+			if fd, ok := connFD(d.Conn); ok {
+				rest = append(rest, d)
+				restFDs = append(restFDs, fd)
+			} else {
+				kept = append(kept, d)
+			}
 		}
 	}
 	// Up to window batches in flight: the child takes one while the next
 	// is on its way. Accepts come back in order.
 	var window []inflight
 	full := false
-	for batch := 1; len(rest) > 0 || len(window) > 0; {
-		for !full && len(rest) > 0 && len(window) < handOverWindow {
+	for batch := 1; ; {
+		for !full && len(window) < handOverWindow {
+			for !drained && len(rest) < maxFDsPerMessage {
+				takeOut(maxFDsPerMessage - len(rest))
+			}
+			if len(rest) == 0 {
+				break
+			}
 			n, body := batchOf(rest)
 			if n == 0 {
 				// A state too large for a message: it stays here.
@@ -198,7 +221,7 @@ func (g *Generation) handOver(ch *channel, msgs <-chan recvResult, upErr <-chan 
 			}
 			body.Batch = batch
 			if err := ch.send(msgConns, body, restFDs[:n]...); err != nil {
-				return sent, keepAll(kept, window, rest), err
+				return sent, keepAll(kept, window, rest), detachT, err
 			}
 			window = append(window, inflight{batch: batch, conns: rest[:n]})
 			rest, restFDs = rest[n:], restFDs[n:]
@@ -212,23 +235,28 @@ func (g *Generation) handOver(ch *channel, msgs <-chan recvResult, upErr <-chan 
 		if err != nil {
 			// Sent but not accepted: the child will not commit (it gets no
 			// done); keep them all.
-			return sent, keepAll(kept, window, rest), err
+			return sent, keepAll(kept, window, rest), detachT, err
 		}
 		window = window[1:]
 		sent = append(sent, w.conns[:a.Taken]...)
 		kept = append(kept, w.conns[a.Taken:]...)
 		if a.Full && !full {
 			// The child takes nothing more (it says taken=0 for the batches
-			// already on their way).
+			// already on their way). The rest stays here: taken out too,
+			// to be counted with what drains, and served again at the
+			// outcome with the others.
 			full = true
+			for !drained {
+				takeOut(0)
+			}
 			kept = append(kept, rest...)
-			rest = nil
+			rest, restFDs = nil, nil
 		}
 	}
 	if err := ch.send(msgDone, doneMsg{Sent: len(sent)}); err != nil {
-		return sent, kept, err
+		return sent, kept, detachT, err
 	}
-	return sent, kept, nil
+	return sent, kept, detachT, nil
 }
 
 // waitAccept waits for the child's accept of batch (n connections).
@@ -273,14 +301,14 @@ func (u *upgradeEnded) Error() string {
 // the sent connections are the new generation's (this process closes its
 // descriptors, once the rest is done) and the kept ones are served here
 // again; on failure every one is served here again and accepting resumes.
-func (g *Generation) settle(success bool, sent, kept []daemon.DetachedConn, started time.Time, herr error) {
+func (g *Generation) settle(success bool, sent, kept []daemon.DetachedConn, paused time.Time, detachT time.Duration, herr error) {
 	g.mu.Lock()
 	m := g.migration
 	g.mu.Unlock()
 	if m == nil {
 		return
 	}
-	res := HandOverResult{Err: herr}
+	res := HandOverResult{Err: herr, Detach: detachT}
 	back := kept
 	if success {
 		res.Moved = len(sent)
@@ -298,7 +326,9 @@ func (g *Generation) settle(success bool, sent, kept []daemon.DetachedConn, star
 	if !success {
 		m.Resume()
 	}
-	res.Took = time.Since(started)
+	if !paused.IsZero() {
+		res.Took = time.Since(paused)
+	}
 	if success {
 		// The new generation's now: this process's descriptors go (no
 		// shutdown, the sockets live on there).
@@ -312,7 +342,7 @@ func (g *Generation) settle(success bool, sent, kept []daemon.DetachedConn, star
 		g.mu.Unlock()
 	}
 	if len(sent)+len(kept) > 0 || herr != nil {
-		g.logger().Info("connection hand-over", "upgrade_succeeded", success, "moved", res.Moved, "kept", res.Kept, "lost", res.Lost, "took", res.Took.Round(time.Microsecond), "err", herr)
+		g.logger().Info("connection hand-over", "upgrade_succeeded", success, "moved", res.Moved, "kept", res.Kept, "lost", res.Lost, "took", res.Took.Round(time.Microsecond), "detach", res.Detach.Round(time.Microsecond), "err", herr)
 	}
 }
 
@@ -359,7 +389,7 @@ func fdConns(fds []int) []net.Conn {
 		hi := min(lo+chunk, len(fds))
 		wg.Go(func() {
 			for i := lo; i < hi; i++ {
-				conns[i], errs[i] = fdConn(fds[i])
+				conns[i], errs[i] = newSockConn(fds[i])
 			}
 		})
 	}
@@ -374,14 +404,6 @@ func fdConns(fds []int) []net.Conn {
 		}
 	}
 	return conns[:n]
-}
-
-// fdConn makes a net.Conn of a received socket's fd, which it closes in
-// every case (net.FileConn serves a duplicate).
-func fdConn(fd int) (net.Conn, error) {
-	f := os.NewFile(uintptr(fd), "handoff-conn")
-	defer f.Close()
-	return net.FileConn(f)
 }
 
 // receiveConns runs in a new generation that adopts connections, after

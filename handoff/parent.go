@@ -23,7 +23,9 @@ type childReport struct {
 	failed   *failed
 	protoErr error
 
+	paused      time.Time // the hand-over began (zero: none)
 	sent, kept  []daemon.DetachedConn
+	detach      time.Duration
 	handOverErr error
 }
 
@@ -104,11 +106,10 @@ func (g *Generation) exec() (Result, error) {
 		return Result{}, fmt.Errorf("channel: %w", err)
 	}
 
-	started := time.Now()
 	upErrC := make(chan error, 1)
 	go func() { upErrC <- g.tableflipUpgrade() }()
 	msgs, stopReader := startReader(ch)
-	rep, upErr, upDone := g.converse(ch, msgs, upErrC, started)
+	rep, upErr, upDone := g.converse(ch, msgs, upErrC)
 	if !upDone {
 		upErr = <-upErrC
 	}
@@ -117,7 +118,7 @@ func (g *Generation) exec() (Result, error) {
 	// message written just before it exited).
 	rest := readReport(ch)
 	rep.merge(rest)
-	g.settle(upErr == nil, rep.sent, rep.kept, started, rep.handOverErr)
+	g.settle(upErr == nil, rep.sent, rep.kept, rep.paused, rep.detach, rep.handOverErr)
 
 	if upErr == nil {
 		res := Result{Generation: g.gen + 1}
@@ -148,7 +149,7 @@ func (g *Generation) exec() (Result, error) {
 // converse reads what the child says until tableflip reports the outcome,
 // and runs the connection hand-over when the child is ready for it. It
 // returns tableflip's outcome if it received it (upDone).
-func (g *Generation) converse(ch *channel, msgs <-chan recvResult, upErrC <-chan error, started time.Time) (rep childReport, upErr error, upDone bool) {
+func (g *Generation) converse(ch *channel, msgs <-chan recvResult, upErrC <-chan error) (rep childReport, upErr error, upDone bool) {
 	for {
 		select {
 		case upErr = <-upErrC:
@@ -172,8 +173,9 @@ func (g *Generation) converse(ch *channel, msgs <-chan recvResult, upErrC <-chan
 				return rep, nil, false
 			}
 			if r.m.Type == msgReady && rep.ready.Adopts {
-				sent, kept, err := g.handOver(ch, msgs, upErrC)
-				rep.sent, rep.kept, rep.handOverErr = sent, kept, err
+				rep.paused = time.Now()
+				sent, kept, detachT, err := g.handOver(ch, msgs, upErrC)
+				rep.sent, rep.kept, rep.detach, rep.handOverErr = sent, kept, detachT, err
 				var ended *upgradeEnded
 				if errors.As(err, &ended) {
 					return rep, ended.err, true

@@ -169,21 +169,31 @@ func (g *Generation) upgradeOnce() upgradeReply {
 
 // tableflipUpgrade calls tableflip's Upgrade. It is only called once the
 // previous generation has exited (WaitForParent returned), but tableflip's
-// own loop learns of that exit in a select that may take our request
-// first, even once it knows (both cases ready: Go picks at random), and
-// answer "parent hasn't exited" without starting anything. That answer,
-// known only by its text in tableflip v1.2.3, is asked again at once: each
-// new request is a fresh draw of that select, so no waiting is needed; the
-// bound only guards against a tableflip that would never see the exit.
+// loop learns of that exit separately, and may answer "parent hasn't
+// exited" without starting anything: its watcher hands WaitForParent the
+// result before it closes the channel the loop selects on (so the loop
+// may not know yet), and once both are ready the loop's select may take
+// our request first. That answer, known only by its text in tableflip
+// v1.2.3, is asked again: at once (a fresh draw of that select) at first,
+// then every millisecond (the watcher goroutine, preempted between its
+// two steps, needs to run), for at most parentRaceBound.
 func (g *Generation) tableflipUpgrade() error {
+	start := time.Now()
 	for i := 0; ; i++ {
 		err := g.upg.Upgrade()
-		if err == nil || !strings.Contains(err.Error(), tableflipParentRace) || i == 1000 {
+		if err == nil || !strings.Contains(err.Error(), tableflipParentRace) || time.Since(start) > parentRaceBound {
 			return err
 		}
-		runtime.Gosched() // let tableflip's goroutine reach its select
+		if i < 100 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(time.Millisecond)
+		}
 	}
 }
+
+// parentRaceBound bounds tableflipUpgrade's retries.
+const parentRaceBound = 2 * time.Second
 
 // tableflipParentRace is tableflip v1.2.3's answer to an upgrade request
 // its loop takes before it has seen the parent's exit.

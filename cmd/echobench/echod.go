@@ -124,7 +124,7 @@ type echodProc struct {
 	gens    map[int]*genInfo      // by pid
 	waits   int                   // "upgrade waits for the previous generation" lines
 	hands   []handOver            // "connection hand-over" lines, in order
-	detach  map[int]time.Duration // took= of the last "connections detached" line, by generation
+	detach  map[int]time.Duration // detach= of the last "connection hand-over" line, by generation
 	tail    []string              // last log lines, for error messages
 	changed chan struct{}         // closed and replaced on every log line
 
@@ -237,9 +237,9 @@ func (e *echodProc) readLog(r io.ReadCloser) {
 		if h, ok := parseHandOver(kv); ok {
 			h.at = now
 			e.hands = append(e.hands, h)
-		}
-		if kv["msg"] == "connections detached" && gen > 0 {
-			if d, err := time.ParseDuration(kv["took"]); err == nil {
+			// The connections are taken out of the server a batch at a
+			// time; the hand-over line sums it up.
+			if d, err := time.ParseDuration(kv["detach"]); err == nil && gen > 0 {
 				e.detach[gen] = d
 			}
 		}
@@ -367,8 +367,9 @@ func (e *echodProc) HandOvers() int {
 	return len(e.hands)
 }
 
-// DetachTook returns how long generation gen's last detaching of its
-// connections took ("connections detached" took=), if it logged one.
+// DetachTook returns how long generation gen's last hand-over spent
+// taking connections out of its server ("connection hand-over" detach=),
+// if it logged one.
 func (e *echodProc) DetachTook(gen int) (time.Duration, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
