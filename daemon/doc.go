@@ -48,6 +48,10 @@
 // A hand-over that fails is undone with Adopt in the old generation, which
 // may also Serve again, or Shutdown to drain.
 //
+// [Server.DetachN] takes them out in batches of at most n, so that each
+// connection pauses only while its batch moves; the others are served on
+// meanwhile.
+//
 // Detach waits for every handler to answer, or for its context to end:
 // the connections whose handler had not answered then are served on
 // (their deadlines cleared), and one whose handler returns *Detached later

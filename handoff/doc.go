@@ -39,6 +39,31 @@
 //  5. After a successful upgrade [Generation.Exit] is closed: stop
 //     accepting, drain and exit.
 //
+// # Live connections
+//
+// When the server is a [Migrator] (package daemon's, with a handler that
+// is a daemon.Resumer) and [Config].Migrate is set, every upgrade also
+// hands the live connections to the new generation, before its commit
+// (migrate.go): the old generation stops accepting, takes its connections
+// out of the server a batch at a time at a safe point (DetachN), and sends
+// their descriptors (SCM_RIGHTS, at most 253 a message) with their
+// handlers' state; the new one takes what fits its fd and MaxConns room
+// and serves them once committed. The old generation keeps its own
+// descriptors until the outcome: after a failed upgrade it serves every
+// connection again, none lost, and after a successful one it closes them
+// and drains only what was not taken. The garbage collector is off in both
+// processes meanwhile (see holdGC: the hand-over is bounded, and so is what
+// it allocates).
+//
+// An adopted connection is a net.Conn made straight of the received
+// descriptor (no duplicate, no socket option set again: net.FileConn's
+// dozen system calls a socket were most of a hand-over's cost). It is not
+// a *net.TCPConn: its errors are *net.OpError, it implements syscall.Conn,
+// CloseRead and CloseWrite, and the socket keeps the options the previous
+// generation set; a handler that needs more reaches the descriptor through
+// SyscallConn. A connection without a descriptor (wrapped in user space)
+// stays with the old generation and drains there.
+//
 // With Options.FDStore the listeners this daemon binds are also handed to
 // systemd's file descriptor store ([StoreName] names them), so they outlive
 // the process across systemctl restart and crashes; listeners no longer
