@@ -90,18 +90,21 @@ type Generation struct {
 	gen  int
 	link *parentLink // nil in the first generation
 
-	mu        sync.Mutex
-	log       *slog.Logger
-	systemd   []string       // names of the systemd sockets registered, in order
-	stored    []string       // fd store names of this generation's listeners
-	result    Result         // the successful upgrade; set before exitC is closed
-	toRemove  []string       // fd store names to remove once listeners are taken
-	adopt     *adoption      // set by AcceptConns
-	migration *Migration     // set by MigrateWith
-	lastHand  HandOverResult // the last successful upgrade's hand-over
-	adopted   HandOverResult // what the previous generation handed over; valid once adoptDone is closed
-	state     readyState
-	readyErr  error // why Ready or Fail ended this generation
+	mu       sync.Mutex
+	log      *slog.Logger
+	systemd  []string // names of the systemd sockets registered, in order
+	stored   []string // fd store names of this generation's listeners
+	result   Result   // the successful upgrade; set before exitC is closed
+	toRemove []string // fd store names to remove once listeners are taken
+	// connQueues are the connection queues a stopped process of the
+	// service left in the fd store (first generation), until Ready.
+	connQueues map[string]*os.File
+	adopt      *adoption      // set by AcceptConns
+	migration  *Migration     // set by MigrateWith
+	lastHand   HandOverResult // the last successful upgrade's hand-over
+	adopted    HandOverResult // what the previous generation handed over; valid once adoptDone is closed
+	state      readyState
+	readyErr   error // why Ready or Fail ended this generation
 
 	noStateDir bool // no StateDir: keep no record of stored listeners
 
@@ -270,7 +273,10 @@ func (g *Generation) Ready() error {
 	if beforeCommit != nil {
 		beforeCommit(g)
 	}
-	restoreGC := holdGC(g.link != nil)
+	g.mu.Lock()
+	restoring := len(g.connQueues) > 0
+	g.mu.Unlock()
+	restoreGC := holdGC(g.link != nil || restoring)
 	pending, err := g.commit(stored)
 	if err != nil {
 		restoreGC()
@@ -346,6 +352,11 @@ func (g *Generation) commit(stored []string) ([]adoptedConn, error) {
 	if err := g.upg.Ready(); err != nil {
 		closeAdopted(pending)
 		return nil, fmt.Errorf("handoff: %w", err)
+	}
+	if g.link == nil {
+		// A first generation, committed: the connections a stopped
+		// process of the service left in the fd store, if any.
+		pending = g.restoreStored()
 	}
 	return pending, nil
 }

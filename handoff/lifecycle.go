@@ -392,6 +392,9 @@ wait:
 			}
 		}
 	}
+	if next == phaseStopping {
+		r.storeConns()
+	}
 	close(r.handedOver)
 	forced := r.drain(next)
 	r.upgrades.Wait()
@@ -415,6 +418,35 @@ wait:
 		return ErrForced
 	}
 	return nil
+}
+
+// storeConns, on a stop with the fd store, leaves the live connections
+// there for the next process of the service (connstore.go) instead of
+// draining them: what it cannot store is served again and drains.
+func (r *runner) storeConns() {
+	m, ok := r.srv.(Migrator)
+	if !ok || !r.cfg.Migrate || !r.g.opts.FDStore.Enabled() {
+		return
+	}
+	r.pause()
+	ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
+	conns, err := m.DetachN(ctx, 0)
+	cancel()
+	if err != nil {
+		r.log.Warn("detaching connections to store them", "err", err)
+	}
+	if len(conns) == 0 {
+		return
+	}
+	_, kept, err := r.g.StoreConns(conns)
+	if err != nil {
+		r.log.Error("connections not stored: they drain", "err", err, "connections", len(kept))
+	}
+	for _, d := range kept {
+		if err := m.Adopt(d.Conn, d.State); err != nil {
+			d.Conn.Close()
+		}
+	}
 }
 
 // drain stops accepting and waits for the open connections, up to the

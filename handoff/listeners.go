@@ -75,10 +75,11 @@ func (g *Generation) Listeners(specs, fallback []Spec) (ls []*Listener, err erro
 			ls = append(ls, l)
 		}
 	} else if !g.HasParent() {
-		socks, err := systemd.Activated()
+		socks, files, err := systemd.ActivatedFiles(isConnStoreName)
 		if err != nil {
 			return ls, fmt.Errorf("handoff: socket activation: %w", err)
 		}
+		g.keepConnQueues(files)
 		for i, s := range socks {
 			if isStoreName(s.Name) {
 				if fromStore == nil {

@@ -28,26 +28,47 @@ type Socket struct {
 // the environment in every case, so no child inherits them, and every fd
 // is made close-on-exec.
 func Activated() ([]Socket, error) {
+	socks, _, err := ActivatedFiles(nil)
+	return socks, err
+}
+
+// File is a descriptor systemd passed that is not a listening socket (one
+// a service kept in its fd store), by its name.
+type File struct {
+	Name string
+	File *os.File
+}
+
+// ActivatedFiles is [Activated] for a service that keeps other
+// descriptors in its fd store too: an fd whose name other accepts is
+// returned as a File, as it is; every other fd must be a listening stream
+// socket. other may be nil.
+func ActivatedFiles(other func(name string) bool) ([]Socket, []File, error) {
 	env, err := ParseListenEnv(os.Getpid(), os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_FDNAMES"))
 	if err != nil {
 		unsetListenEnv()
-		return nil, err
+		return nil, nil, err
 	}
 	if env.N == 0 {
 		unsetListenEnv()
-		return nil, nil
+		return nil, nil, nil
 	}
 	files := activation.Files(true)
 	if len(files) != env.N {
 		closeAll(files)
-		return nil, fmt.Errorf("%w: expected %d fds, go-systemd returned %d", ErrBadEnvironment, env.N, len(files))
+		return nil, nil, fmt.Errorf("%w: expected %d fds, go-systemd returned %d", ErrBadEnvironment, env.N, len(files))
 	}
 	var socks []Socket
+	var others []File
 	var errs []error
 	for i, f := range files {
 		name := env.Names[i]
 		if name == "" {
 			name = f.Name()
+		}
+		if other != nil && other(name) {
+			others = append(others, File{Name: name, File: f})
+			continue
 		}
 		ln, err := listenerFromFile(f)
 		f.Close() // FileListener dups the fd
@@ -61,9 +82,12 @@ func Activated() ([]Socket, error) {
 		for _, s := range socks {
 			s.Listener.Close()
 		}
-		return nil, errors.Join(errs...)
+		for _, o := range others {
+			o.File.Close()
+		}
+		return nil, nil, errors.Join(errs...)
 	}
-	return socks, nil
+	return socks, others, nil
 }
 
 // ErrNotStreamListener is wrapped when an inherited fd is not a listening

@@ -22,6 +22,21 @@ func (n *Notifier) Store(name string, fds ...int) (bool, error) {
 	return n.NotifyWithFDs(fds, "FDSTORE=1", "FDNAME="+name)
 }
 
+// StoreUnpolled is [Notifier.Store] for fds that signal EPOLLHUP while
+// stored and must be kept all the same (FDPOLL=0): by default the manager
+// watches stored fds and drops one that hangs up, which is right for a
+// connection whose peer went away, wrong for one end of a socketpair
+// whose other end was closed on purpose (its receive queue is the point).
+func (n *Notifier) StoreUnpolled(name string, fds ...int) (bool, error) {
+	if err := CheckFDName(name); err != nil {
+		return false, err
+	}
+	if len(fds) == 0 {
+		return false, fmt.Errorf("systemd: store %s: no fd", name)
+	}
+	return n.NotifyWithFDs(fds, "FDSTORE=1", "FDNAME="+name, "FDPOLL=0")
+}
+
 // Remove closes and forgets every fd the manager stores under name
 // (FDSTOREREMOVE=1).
 func (n *Notifier) Remove(name string) (bool, error) {

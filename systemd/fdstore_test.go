@@ -76,3 +76,34 @@ func TestRemove(t *testing.T) {
 		t.Fatalf("manager got %q (%v) with %d fds", msg, ok, len(fds))
 	}
 }
+
+// TestStoreUnpolled: FDPOLL=0 comes with the fd, and bad input is refused
+// as by Store.
+func TestStoreUnpolled(t *testing.T) {
+	m := newFakeManager(t, false)
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	n := NewNotifier()
+	if ok, err := n.StoreUnpolled("echod-conns-0", p[0]); !ok || err != nil {
+		t.Fatalf("StoreUnpolled = %v, %v", ok, err)
+	}
+	msg, fds, ok := m.recv(5 * time.Second)
+	if !ok {
+		t.Fatal("manager received nothing")
+	}
+	closeFDs(fds)
+	if msg != "FDSTORE=1\nFDNAME=echod-conns-0\nFDPOLL=0" || len(fds) != 1 {
+		t.Fatalf("manager got %q with %d fds", msg, len(fds))
+	}
+	if ok, err := n.StoreUnpolled("a:b", p[0]); ok || err == nil {
+		t.Errorf("StoreUnpolled with a bad name = %v, %v; want an error", ok, err)
+	}
+	if ok, err := n.StoreUnpolled("nofd"); ok || err == nil {
+		t.Errorf("StoreUnpolled without fds = %v, %v; want an error", ok, err)
+	}
+	m.expectNothing()
+}

@@ -1,0 +1,249 @@
+//go:build linux
+
+package handoff
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/echod/echod/daemon"
+	"github.com/echod/echod/systemd"
+)
+
+// storeManager is the fd store side of a service manager, on a notify
+// socket: it keeps what FDSTORE=1 sends by name, forgets what
+// FDSTOREREMOVE=1 names, and answers BARRIER=1.
+type storeManager struct {
+	conn *net.UnixConn
+	done chan struct{}
+
+	mu      sync.Mutex
+	stored  map[string][]int
+	polled  map[string]bool // stored without FDPOLL=0
+	removed []string
+}
+
+func startStoreManager(t *testing.T) *storeManager {
+	t.Helper()
+	addr := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NOTIFY_SOCKET", addr)
+	m := &storeManager{conn: conn, done: make(chan struct{}), stored: map[string][]int{}, polled: map[string]bool{}}
+	go m.serve()
+	t.Cleanup(func() {
+		conn.Close()
+		<-m.done
+		for _, fds := range m.stored {
+			closeFDs(fds)
+		}
+	})
+	return m
+}
+
+func (m *storeManager) serve() {
+	defer close(m.done)
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(16*4))
+	for {
+		n, oobn, _, _, err := m.conn.ReadMsgUnix(buf, oob)
+		if err != nil {
+			return
+		}
+		fds, _ := parseRights(oob[:oobn])
+		lines := strings.Split(string(buf[:n]), "\n")
+		name := ""
+		has := func(l string) bool {
+			for _, x := range lines {
+				if x == l {
+					return true
+				}
+			}
+			return false
+		}
+		for _, l := range lines {
+			if v, ok := strings.CutPrefix(l, "FDNAME="); ok {
+				name = v
+			}
+		}
+		m.mu.Lock()
+		switch {
+		case has("BARRIER=1"):
+			closeFDs(fds) // the barrier: closing it answers
+		case has("FDSTORE=1"):
+			m.stored[name] = append(m.stored[name], fds...)
+			m.polled[name] = !has("FDPOLL=0")
+		case has("FDSTOREREMOVE=1"):
+			closeFDs(m.stored[name])
+			delete(m.stored, name)
+			m.removed = append(m.removed, name)
+		default:
+			closeFDs(fds)
+		}
+		m.mu.Unlock()
+	}
+}
+
+// take hands the stored fds back as systemd would at the next start.
+func (m *storeManager) take(t *testing.T) map[string]*os.File {
+	t.Helper()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	files := map[string]*os.File{}
+	for name, fds := range m.stored {
+		if len(fds) != 1 {
+			t.Fatalf("%s stored %d fds, want 1", name, len(fds))
+		}
+		if m.polled[name] {
+			t.Errorf("%s stored without FDPOLL=0: the manager drops it once its writer closes", name)
+		}
+		d, err := unix.FcntlInt(uintptr(fds[0]), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[name] = os.NewFile(uintptr(d), name)
+	}
+	return files
+}
+
+// TestConnStoreRoundTrip: connections stored by a stopping process come
+// back whole in the next one, with their state, as the very same sockets,
+// across several queues when one fills; the queues leave the store, and
+// what does not fit the new process's room is closed, not lost silently.
+func TestConnStoreRoundTrip(t *testing.T) {
+	m := startStoreManager(t)
+	connQueueSndBuf = 8 << 10 // a few batches a queue
+	defer func() { connQueueSndBuf = 0 }()
+
+	const n = 2000
+	var conns []daemon.DetachedConn
+	var peers []*os.File
+	defer func() {
+		for _, p := range peers {
+			p.Close()
+		}
+	}()
+	for i := range n {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers = append(peers, os.NewFile(uintptr(fds[1]), "peer"))
+		c, err := newSockConn(fds[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, daemon.DetachedConn{Conn: c, State: []byte{byte(i), byte(i >> 8)}})
+	}
+	a, b := net.Pipe() // no descriptor: kept
+	defer b.Close()
+	conns = append(conns, daemon.DetachedConn{Conn: a, State: []byte("no fd")})
+
+	old := &Generation{log: slog.New(slog.DiscardHandler), opts: Options{FDStore: systemd.NewNotifier()}}
+	stored, kept, err := old.StoreConns(conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored != n || len(kept) != 1 || kept[0].Conn != a {
+		t.Fatalf("stored %d, kept %d; want %d and the one without a descriptor", stored, len(kept), n)
+	}
+	files := m.take(t)
+	if len(files) < 2 {
+		t.Fatalf("%d queues stored, want several (small queues)", len(files))
+	}
+
+	next := &Generation{log: slog.New(slog.DiscardHandler), opts: Options{Notifier: systemd.NewNotifier()}}
+	got, err := next.restoreConns(files, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAdopted(got)
+	if len(got) != n {
+		t.Fatalf("restored %d connections, want %d", len(got), n)
+	}
+	seen := make([]bool, n)
+	for _, c := range got {
+		i := int(c.state[0]) | int(c.state[1])<<8
+		if seen[i] {
+			t.Fatalf("connection %d restored twice", i)
+		}
+		seen[i] = true
+		// The very socket: what its peer writes, it reads.
+		if _, err := peers[i].Write([]byte{'x', byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 2)
+		if _, err := io.ReadFull(c.c, buf); err != nil || buf[0] != 'x' || buf[1] != byte(i) {
+			t.Fatalf("restored connection %d read %q, %v", i, buf, err)
+		}
+	}
+	m.mu.Lock()
+	removed, left := len(m.removed), len(m.stored)
+	m.mu.Unlock()
+	if removed != len(files) || left != 0 {
+		t.Fatalf("%d of %d queues removed from the store, %d left", removed, len(files), left)
+	}
+}
+
+// TestConnStoreRestoreWithinRoom: a process with room for fewer
+// connections than were stored takes what fits and says so; the rest are
+// closed (their peers see EOF).
+func TestConnStoreRestoreWithinRoom(t *testing.T) {
+	m := startStoreManager(t)
+	const n, room = 300, 100
+	var conns []daemon.DetachedConn
+	var peers []*os.File
+	defer func() {
+		for _, p := range peers {
+			p.Close()
+		}
+	}()
+	for i := range n {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers = append(peers, os.NewFile(uintptr(fds[1]), "peer"))
+		c, err := newSockConn(fds[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, daemon.DetachedConn{Conn: c, State: []byte{byte(i), byte(i >> 8)}})
+	}
+	old := &Generation{log: slog.New(slog.DiscardHandler), opts: Options{FDStore: systemd.NewNotifier()}}
+	if stored, _, err := old.StoreConns(conns); err != nil || stored != n {
+		t.Fatalf("StoreConns = %d, %v", stored, err)
+	}
+	next := &Generation{log: slog.New(slog.DiscardHandler), opts: Options{Notifier: systemd.NewNotifier()}}
+	got, err := next.restoreConns(m.take(t), room)
+	defer closeAdopted(got)
+	if len(got) != room || err == nil || !strings.Contains(err.Error(), "over this process's room") {
+		t.Fatalf("restored %d, %v; want %d and an error naming the room", len(got), err, room)
+	}
+	restored := map[int]bool{}
+	for _, c := range got {
+		restored[int(c.state[0])|int(c.state[1])<<8] = true
+	}
+	for i, p := range peers {
+		if restored[i] {
+			continue
+		}
+		_ = p.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := p.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			t.Fatalf("peer %d of a connection over the room: read %v, want EOF", i, err)
+		}
+	}
+}
