@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -171,6 +173,42 @@ func TestFDStoreRestartKeepsStreams(t *testing.T) {
 		t.Fatalf("NFileDescriptorStore=%s after the restarts, want 1 (the listener)", n)
 	}
 	t.Logf("%d streams across 10 restarts: %d verified round trips; short connections %d ok", n, st.rounds.Load(), ok)
+}
+
+// TestFDStoreStopClosesStoredConnections: systemctl stop with 500
+// connections open ends at once (they go to the store, not through a
+// drain), the manager flushes the store when the unit is inactive, and
+// every client sees its connection closed (EOF): nothing hangs in the
+// store.
+func TestFDStoreStopClosesStoredConnections(t *testing.T) {
+	const n = 500
+	m := systemdtest.Start(t)
+	tcp := freePort(t)
+	u := installFDStoreUnit(t, m, tcp)
+	u.start(t)
+	conns := make([]*echoConn, n)
+	for i := range conns {
+		conns[i] = mustEcho(t, "tcp", tcp, 16)
+	}
+	start := time.Now()
+	u.mustSystemctl(t, "stop", u.service())
+	took := time.Since(start)
+	if st := u.show(t)["ActiveState"]; st != "inactive" {
+		t.Fatalf("ActiveState=%s after stop", st)
+	}
+	if !strings.Contains(u.log(t), "connections stored in the systemd fd store") {
+		t.Fatalf("the stopping process did not store its connections:\n%s", u.log(t))
+	}
+	for i, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+			t.Fatalf("connection %d after stop: read %d, %v; want EOF", i, n, err)
+		}
+	}
+	if sn := u.storeCount(t); sn != "0" {
+		t.Fatalf("NFileDescriptorStore=%s once inactive, want 0", sn)
+	}
+	t.Logf("systemctl stop with %d connections open took %v; every client saw EOF", n, took)
 }
 
 // TestFDStoreCrashRefusesNothing: SIGKILL of the main process under load;
