@@ -24,7 +24,7 @@ import (
 
 // runEcholoadAgainst builds echoload, runs it against addr with a reload
 // command, logs its table and reports the figures.
-func runEcholoadAgainst(b *testing.B, m *systemdtest.Manager, addr, reloadCmd, every string, dur time.Duration) {
+func runEcholoadAgainst(b *testing.B, m *systemdtest.Manager, addr, reloadCmd, every string, dur time.Duration, extra ...string) {
 	b.Helper()
 	dir := b.TempDir()
 	loadBin := filepath.Join(dir, "echoload")
@@ -35,6 +35,7 @@ func runEcholoadAgainst(b *testing.B, m *systemdtest.Manager, addr, reloadCmd, e
 	cmdline := []string{"-addr", addr, "-duration", dur.String(), "-concurrency", "4",
 		"-reload-cmd", "XDG_RUNTIME_DIR=" + m.RuntimeDir() + " " + reloadCmd, "-reload-every", every,
 		"-timeout", "10s", "-json", js}
+	cmdline = append(cmdline, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), dur+2*time.Minute)
 	defer cancel()
 	b.ResetTimer()
@@ -52,6 +53,10 @@ func runEcholoadAgainst(b *testing.B, m *systemdtest.Manager, addr, reloadCmd, e
 	b.ReportMetric(float64(r.Reloads.Count), "reloads")
 	b.ReportMetric(float64(r.Reloads.Failed), "reloads-failed")
 	b.ReportMetric(float64(r.Short.OK), "conns-ok")
+	if r.Streams.Connections > 0 {
+		b.ReportMetric(float64(r.Streams.Connections), "stream-conns")
+		b.ReportMetric(float64(r.Streams.Messages), "stream-msgs")
+	}
 	b.ReportMetric(float64(r.Failures.All.Total), "failures")
 	b.ReportMetric(float64(r.Failures.All.ConnectRefused), "refused")
 	b.ReportMetric(r.Reloads.Duration.P50MS, "reload-p50-ms")
@@ -81,6 +86,20 @@ func BenchmarkSystemdFDStoreRestart(b *testing.B) {
 	u := installFDStoreUnit(b, m, freePort(b))
 	u.start(b)
 	runEcholoadAgainst(b, m, u.tcp, "systemctl --user restart "+u.service(), "1s", 15*time.Second)
+}
+
+// BenchmarkSystemdFDStoreRestartConns: 10,000 long-lived streams (one
+// message every 2 s each, every byte verified), `systemctl --user
+// restart` every 5 s for 20 s: each stopping process leaves its
+// connections in the fd store and the next serves them. stream-conns
+// equal to the streams means no stream reconnected; rtt-near-p99-ms is
+// the pause a stream sees across a restart.
+func BenchmarkSystemdFDStoreRestartConns(b *testing.B) {
+	m := systemdtest.Start(b)
+	u := installFDStoreUnit(b, m, freePort(b))
+	u.start(b)
+	runEcholoadAgainst(b, m, u.tcp, "systemctl --user restart "+u.service(), "5s", 20*time.Second,
+		"-concurrency", "0", "-streams", "10000", "-stream-interval", "2s")
 }
 
 // BenchmarkSystemdFDStoreCrash: SIGKILL of the service every 2s for 15s
