@@ -187,3 +187,29 @@ func TestRoom(t *testing.T) {
 		t.Fatalf("Room after one Adopt = %d, want 2", r)
 	}
 }
+
+// TestConnsByAge: Conns lists the connections served for at least minAge;
+// an adopted one counts as old, a closed one is gone.
+func TestConnsByAge(t *testing.T) {
+	ts := start(t, daemon.Config{}, "tcp")
+	c := ts.dial(t)
+	mustEcho(t, c, []byte("x"))
+	if got := ts.srv.Conns(0); len(got) != 1 {
+		t.Fatalf("Conns(0) = %d connections, want 1", len(got))
+	}
+	if got := ts.srv.Conns(time.Hour); len(got) != 0 {
+		t.Fatalf("Conns(1h) = %d connections, want 0 (one just accepted)", len(got))
+	}
+	client, server := connPair(t, "tcp")
+	if err := ts.srv.Adopt(server, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := ts.srv.Conns(time.Hour); len(got) != 1 || got[0] != server {
+		t.Fatalf("Conns(1h) = %v, want the adopted connection", got)
+	}
+	client.Close()
+	waitStats(t, ts.srv, "the adopted connection to end", func(st daemon.Stats) bool { return st.Closed == 1 })
+	if got := ts.srv.Conns(time.Hour); len(got) != 0 {
+		t.Fatalf("Conns(1h) = %d after the adopted one ended, want 0", len(got))
+	}
+}

@@ -80,7 +80,10 @@ type Server struct {
 	// conns holds every connection being served, with the Detach round
 	// taking it out (nil: none, or it answered). nil once Close ran.
 	conns map[net.Conn]*round
-	live  int           // connections whose goroutine has not ended, also after Close
+	// since holds when each connection in conns began to be served here
+	// (unix nanoseconds; 0 for an adopted one: it lived elsewhere first).
+	since map[net.Conn]int64
+	live  int // connections whose goroutine has not ended, also after Close
 	idle  chan struct{} // closed when live drops to 0; nil while nobody waits
 	// hctx is the context given to the handlers started from now on; a
 	// child of ctx that Detach cancels with cause ErrDetach and replaces.
@@ -108,6 +111,7 @@ func New(cfg Config) *Server {
 		gate:      newGate(cfg.MaxConns),
 		listeners: make(map[*servedListener]struct{}),
 		conns:     make(map[net.Conn]*round),
+		since:     make(map[net.Conn]int64),
 	}
 	if s.handler == nil {
 		s.handler = &Echo{IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout}
@@ -320,6 +324,11 @@ func (s *Server) trackConn(c net.Conn, adopt bool) (context.Context, error) {
 		return nil, errServedAlready
 	}
 	s.conns[c] = nil
+	if adopt {
+		s.since[c] = 0
+	} else {
+		s.since[c] = time.Now().UnixNano()
+	}
 	s.live++
 	// Counted under the lock: Stats never shows more connections active
 	// than accepted and adopted.
@@ -351,6 +360,7 @@ func (s *Server) untrackLocked(c net.Conn, detachedBy *round) {
 		}
 		delete(s.conns, c)
 	}
+	delete(s.since, c)
 	// Counted under the lock and before live drops: whoever sees Active
 	// shrink, or Shutdown return, sees Closed (or Detached) grow.
 	if detachedBy != nil {
@@ -458,6 +468,24 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
+// Conns returns the connections served now that have been served for at
+// least minAge (an adopted connection counts as old: it lived elsewhere
+// first), in no particular order. They stay the server's: the caller may
+// read their addresses or pass their descriptors on (a copy kept in
+// systemd's fd store, say), not read or write them.
+func (s *Server) Conns(minAge time.Duration) []net.Conn {
+	cut := time.Now().Add(-minAge).UnixNano()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]net.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		if s.since[c] <= cut {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // Close is the hard stop: it stops accepting, cancels the context given to
 // the handlers, closes every open connection, and waits for the accept
 // loops and the handlers to return (a handler that ignores both its
@@ -471,6 +499,7 @@ func (s *Server) Close() error {
 	loops := s.stopListenersLocked()
 	conns := s.conns
 	s.conns = nil
+	s.since = map[net.Conn]int64{}
 	s.mu.Unlock()
 	s.cancel()
 	for c := range conns {

@@ -3,9 +3,12 @@
 package handoff
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,12 +44,105 @@ import (
 // (systemctl stop; FileDescriptorStorePreserve= is v254+): the manager
 // closes the sockets, and their peers see the connection closed.
 
-// connStorePrefix starts the fd store names of stored connection queues.
-const connStorePrefix = "echod-conns-"
+// connStorePrefix starts the fd store names of the queues a stop leaves;
+// liveStorePrefix those of the snapshots of the live connections a
+// serving process keeps there against a crash (see snapshotConns).
+const (
+	connStorePrefix = "echod-conns-"
+	liveStorePrefix = "echod-live-"
+)
 
 func connStoreName(i int) string { return connStorePrefix + strconv.Itoa(i) }
 
-func isConnStoreName(name string) bool { return strings.HasPrefix(name, connStorePrefix) }
+func isConnStoreName(name string) bool {
+	return strings.HasPrefix(name, connStorePrefix) || strings.HasPrefix(name, liveStorePrefix)
+}
+
+// queueWriter writes connections into queues kept in the fd store, one
+// after another as each fills; nameOf names the i-th.
+type queueWriter struct {
+	n      *systemd.Notifier
+	nameOf func(i int) string
+	q      *connQueue
+	names  []string // queues stored
+	sent   int      // connections sent, into every queue
+	stored int      // of those, in queues stored
+	inQ    int      // in the current queue
+	batch  int
+}
+
+func newQueueWriter(n *systemd.Notifier, nameOf func(int) string) (*queueWriter, error) {
+	q, err := newConnQueue()
+	if err != nil {
+		return nil, err
+	}
+	return &queueWriter{n: n, nameOf: nameOf, q: q, batch: 1}, nil
+}
+
+// storeQueue hands the current queue to the store and starts a new one.
+func (w *queueWriter) storeQueue() error {
+	name := w.nameOf(len(w.names))
+	// FDPOLL=0: the manager would drop a socket whose peer is closed
+	// (this end's, once this process exits), queue and all.
+	if _, err := w.n.StoreUnpolled(name, w.q.readFD()); err != nil {
+		return err
+	}
+	if _, err := w.n.Barrier(5 * time.Second); err != nil {
+		return err
+	}
+	w.names = append(w.names, name)
+	w.stored += w.inQ
+	w.inQ = 0
+	w.q.close()
+	q, err := newConnQueue()
+	w.q = q
+	return err
+}
+
+// send puts one message in the current queue, in a new one when it is
+// full (a queue holds what its sender's buffer allows).
+func (w *queueWriter) send(t msgType, body any, fds ...int) error {
+	full, err := w.q.w.sendNow(t, body, fds...)
+	if err == nil && full {
+		if err = w.storeQueue(); err == nil {
+			if full, err = w.q.w.sendNow(t, body, fds...); err == nil && full {
+				err = fmt.Errorf("%s does not fit an empty queue", t)
+			}
+		}
+	}
+	return err
+}
+
+// conns writes one batch: conns with their descriptors. It returns how
+// many it took (a prefix: batchOf's bound on the states).
+func (w *queueWriter) conns(conns []daemon.DetachedConn, fds []int) (int, error) {
+	k, body := batchOf(conns)
+	if k == 0 {
+		return 0, nil
+	}
+	body.Batch = w.batch
+	if err := w.send(msgConns, body, fds[:k]...); err != nil {
+		return 0, err
+	}
+	w.batch++
+	w.sent += k
+	w.inQ += k
+	return k, nil
+}
+
+// finish ends with "done" and stores the last queue.
+func (w *queueWriter) finish() error {
+	if err := w.send(msgDone, doneMsg{Sent: w.sent}); err != nil {
+		return err
+	}
+	return w.storeQueue()
+}
+
+func (w *queueWriter) close() {
+	if w != nil {
+		w.q.close()
+	}
+}
 
 // StoreConns writes conns into queues kept in the fd store (see above)
 // for the next process of the service, and closes them here: it returns
@@ -68,76 +164,89 @@ func (g *Generation) StoreConns(conns []daemon.DetachedConn) (stored int, kept [
 			kept = append(kept, d)
 		}
 	}
-	var queued, inStore []daemon.DetachedConn // written into a queue not stored yet; stored
-	q, err := newConnQueue()
+	w, err := newQueueWriter(n, connStoreName)
 	if err != nil {
 		return 0, conns, err
 	}
-	defer func() { q.close() }()
-	done := 0 // queues stored
-	batch := 1
-	// storeQueue hands the current queue to the store and starts a new one.
-	storeQueue := func() error {
-		// FDPOLL=0: the manager would drop a socket whose peer is closed
-		// (this end's, once this process exits), queue and all.
-		if _, err := n.StoreUnpolled(connStoreName(done), q.readFD()); err != nil {
-			return err
-		}
-		if _, err := n.Barrier(5 * time.Second); err != nil {
-			return err
-		}
-		done++
-		stored += len(queued)
-		inStore = append(inStore, queued...)
-		queued = nil
-		q.close()
-		q, err = newConnQueue()
-		return err
-	}
-	// send puts one message in the current queue, in a new one when it is
-	// full (a queue holds what its sender's buffer allows).
-	send := func(t msgType, body any, fds ...int) error {
-		full, err := q.w.sendNow(t, body, fds...)
-		if err == nil && full {
-			if err = storeQueue(); err == nil {
-				if full, err = q.w.sendNow(t, body, fds...); err == nil && full {
-					err = fmt.Errorf("%s does not fit an empty queue", t)
-				}
-			}
-		}
-		return err
+	defer w.close()
+	var sent []daemon.DetachedConn // in order: the first w.stored are in stored queues
+	fail := func(err error) (int, []daemon.DetachedConn, error) {
+		closeStoredConns(sent[:w.stored])
+		return w.stored, append(append(kept, sent[w.stored:]...), movable...), fmt.Errorf("handoff: storing connections: %w", err)
 	}
 	for len(movable) > 0 {
-		k, body := batchOf(movable)
+		k, err := w.conns(movable, fds)
+		if err != nil {
+			return fail(err)
+		}
 		if k == 0 {
+			// A state too large for a message: it stays here.
 			kept = append(kept, movable[0])
-			movable, fds = movable[1:], fds[1:]
-			continue
+			k = 1
+		} else {
+			sent = append(sent, movable[:k]...)
 		}
-		body.Batch = batch
-		if err := send(msgConns, body, fds[:k]...); err != nil {
-			closeStoredConns(inStore)
-			return stored, append(append(kept, queued...), movable...), fmt.Errorf("handoff: storing connections: %w", err)
-		}
-		queued = append(queued, movable[:k]...)
 		movable, fds = movable[k:], fds[k:]
-		batch++
 	}
-	err = send(msgDone, doneMsg{Sent: stored + len(queued)})
-	if err == nil {
-		err = storeQueue()
-	}
-	if err != nil {
-		closeStoredConns(inStore)
-		return stored, append(kept, queued...), fmt.Errorf("handoff: storing connections: %w", err)
+	if err := w.finish(); err != nil {
+		return fail(err)
 	}
 	// In the store now (the queue holds its own reference to each socket):
 	// this process's descriptors go.
-	for _, d := range inStore {
-		d.Conn.Close()
+	closeStoredConns(sent)
+	g.logger().Info("connections stored in the systemd fd store", "stored", w.stored, "kept", len(kept), "queues", len(w.names))
+	return w.stored, kept, nil
+}
+
+// snapshotConns keeps a copy of conns, served on here, in the fd store,
+// in queues named for this process and seq, so that they outlive a crash
+// of this process: the next process of the service serves them (with no
+// state: what this one had read and not written back dies with it). It
+// returns the queues' names, to be removed once a newer snapshot is
+// stored. A connection closed here stays open in the store until then:
+// its peer sees the close only when that snapshot goes.
+func (g *Generation) snapshotConns(conns []net.Conn, seq int) ([]string, error) {
+	n := g.opts.FDStore
+	ds := make([]daemon.DetachedConn, 0, len(conns))
+	fds := make([]int, 0, len(conns))
+	for _, c := range conns {
+		if fd, ok := connFD(c); ok {
+			ds = append(ds, daemon.DetachedConn{Conn: c})
+			fds = append(fds, fd)
+		}
 	}
-	g.logger().Info("connections stored in the systemd fd store", "stored", stored, "kept", len(kept), "queues", done)
-	return stored, kept, nil
+	prefix := fmt.Sprintf("%s%d-%d-", liveStorePrefix, os.Getpid(), seq)
+	w, err := newQueueWriter(n, func(i int) string { return prefix + strconv.Itoa(i) })
+	if err != nil {
+		return nil, err
+	}
+	defer w.close()
+	for len(ds) > 0 {
+		k, err := w.conns(ds, fds)
+		if err == nil && k == 0 {
+			err = errors.New("a batch of stateless connections does not fit a message")
+		}
+		if err != nil {
+			g.removeConnQueues(w.names)
+			return nil, err
+		}
+		ds, fds = ds[k:], fds[k:]
+	}
+	if err := w.finish(); err != nil {
+		g.removeConnQueues(w.names)
+		return nil, err
+	}
+	return w.names, nil
+}
+
+// removeConnQueues removes queues from the store (the manager closes its
+// copies: a connection closed here meanwhile is closed for good then).
+func (g *Generation) removeConnQueues(names []string) {
+	for _, name := range names {
+		if _, err := g.opts.Notifier.Remove(name); err != nil {
+			g.logger().Warn("removing a connection queue from the fd store", "fdname", name, "err", err)
+		}
+	}
 }
 
 // closeStoredConns closes this process's descriptors of connections the
@@ -270,16 +379,37 @@ func (g *Generation) restoreStored() []adoptedConn {
 	return got
 }
 
-// restoreConns reads the connection queues a stopped process of the
-// service stored (files, by name), within room, and removes them from
-// the store. It returns the connections, not served yet; an error tells
-// what was lost (the connections read are returned all the same).
+// restoreConns reads the connection queues a stopped or crashed process
+// of the service stored (files, by name), within room, and removes them
+// from the store. A socket found twice (a stop's queue and a snapshot
+// that was not removed yet) is taken once, from the stop's queue, which
+// carries its state. It returns the connections, not served yet; an error
+// tells what was lost (the connections read are returned all the same).
 func (g *Generation) restoreConns(files map[string]*os.File, room int) ([]adoptedConn, error) {
+	names := make([]string, 0, len(files))
+	for name := range files {
+		names = append(names, name)
+	}
+	slices.SortFunc(names, compareQueueNames)
 	var got []adoptedConn
 	var errs []error
-	sent, sawDone, received := 0, false, 0
-	for name, f := range files {
-		ch, err := channelFromFile(f)
+	seen := map[uint64]bool{} // socket inodes taken
+	type set struct {
+		sent, received int
+		sawDone        bool
+	}
+	sets := map[string]*set{}
+	var order []string
+	dups, over := 0, 0
+	for _, name := range names {
+		setName, _ := queueSet(name)
+		st := sets[setName]
+		if st == nil {
+			st = &set{}
+			sets[setName] = st
+			order = append(order, setName)
+		}
+		ch, err := channelFromFile(files[name])
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 			continue
@@ -298,7 +428,7 @@ func (g *Generation) restoreConns(files map[string]*os.File, room int) ([]adopte
 				closeFDs(fds)
 				var d doneMsg
 				if err := decodeBody(m, &d); err == nil {
-					sent, sawDone = d.Sent, true
+					st.sent, st.sawDone = d.Sent, true
 				}
 				continue
 			case msgConns:
@@ -313,32 +443,91 @@ func (g *Generation) restoreConns(files map[string]*os.File, room int) ([]adopte
 				errs = append(errs, fmt.Errorf("%w: %s: batch %d: %d fds for %d states (%v)", ErrProtocol, name, b.Batch, len(fds), len(b.Conns), err))
 				continue
 			}
-			received += len(b.Conns)
+			st.received += len(b.Conns)
 			if ctrunc {
 				errs = append(errs, fmt.Errorf("%s: batch %d: only %d of %d descriptors fit (MSG_CTRUNC)", name, b.Batch, len(fds), len(b.Conns)))
 			}
-			limit := min(len(fds), max(room-len(got), 0))
-			conns := fdConns(fds[:limit])
-			closeFDs(fds[limit:])
-			for i, c := range conns {
-				got = append(got, adoptedConn{c: c, state: b.Conns[i].State})
+			var take []int
+			var states [][]byte
+			for i, fd := range fds {
+				ino, ok := sockInode(fd)
+				switch {
+				case ok && seen[ino]:
+					unix.Close(fd)
+					dups++
+				case len(got)+len(take) >= room:
+					unix.Close(fd)
+					over++
+				default:
+					seen[ino] = true
+					take = append(take, fd)
+					states = append(states, b.Conns[i].State)
+				}
+			}
+			for i, c := range fdConns(take) {
+				got = append(got, adoptedConn{c: c, state: states[i]})
 			}
 		}
 		ch.Close()
-		if _, err := g.opts.Notifier.Remove(name); err != nil {
-			errs = append(errs, fmt.Errorf("%s: removing it from the store: %w", name, err))
+		g.removeConnQueues([]string{name})
+	}
+	for _, name := range order {
+		st := sets[name]
+		switch {
+		case !st.sawDone:
+			errs = append(errs, fmt.Errorf("%s: no end marker: the process that stored it did not finish", name))
+		case st.received != st.sent:
+			errs = append(errs, fmt.Errorf("%s: %d of %d stored connections came back", name, st.received, st.sent))
 		}
 	}
-	if !sawDone && len(files) > 0 {
-		errs = append(errs, errors.New("no end marker: the process that stored them did not finish"))
-	} else if sawDone && received != sent {
-		errs = append(errs, fmt.Errorf("%d of %d stored connections came back", received, sent))
+	if over > 0 {
+		errs = append(errs, fmt.Errorf("%d connections over this process's room were closed", over))
 	}
-	if len(got) < received {
-		errs = append(errs, fmt.Errorf("%d connections over this process's room were closed", received-len(got)))
+	if dups > 0 {
+		g.logger().Debug("connections found in more than one queue, taken once", "duplicates", dups)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return got, fmt.Errorf("handoff: restoring connections: %w", err)
 	}
 	return got, nil
+}
+
+// queueSet splits a queue's name into the name of its set (a stop's, or
+// one snapshot's) and its index in the set.
+func queueSet(name string) (string, int) {
+	i := strings.LastIndexByte(name, '-')
+	n, err := strconv.Atoi(name[i+1:])
+	if i < 0 || err != nil {
+		return name, 0
+	}
+	return name[:i], n
+}
+
+// compareQueueNames orders a stop's queues before snapshots, then by set
+// and index.
+func compareQueueNames(a, b string) int {
+	rank := func(n string) int {
+		if strings.HasPrefix(n, connStorePrefix) {
+			return 0
+		}
+		return 1
+	}
+	if c := cmp.Compare(rank(a), rank(b)); c != 0 {
+		return c
+	}
+	sa, ia := queueSet(a)
+	sb, ib := queueSet(b)
+	if c := strings.Compare(sa, sb); c != 0 {
+		return c
+	}
+	return cmp.Compare(ia, ib)
+}
+
+// sockInode returns the inode of fd's socket.
+func sockInode(fd int) (uint64, bool) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, false
+	}
+	return st.Ino, true
 }

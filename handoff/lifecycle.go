@@ -160,6 +160,7 @@ type runner struct {
 	stopReq   chan struct{}  // a control "stop"
 
 	handedOver chan struct{} // closed once replaced or stopping: LastHandOver is final
+	snaps      *snapshots    // the copies of the connections kept against a crash; nil: none
 
 	mu      sync.Mutex
 	phase   phase
@@ -217,6 +218,7 @@ func (r *runner) start() error {
 		return err
 	}
 	r.serveAll()
+	r.startSnapshots()
 	// Control requests only once ready: before, the previous generation
 	// (which shares the control socket) answers them.
 	if ctlLn != nil {
@@ -392,9 +394,13 @@ wait:
 			}
 		}
 	}
+	r.stopSnapshots()
 	if next == phaseStopping {
 		r.storeConns()
 	}
+	// Stored by the stop, or handed to the next generation (which keeps
+	// its own): the copies kept against a crash go.
+	r.dropSnapshot()
 	close(r.handedOver)
 	forced := r.drain(next)
 	r.upgrades.Wait()

@@ -169,8 +169,14 @@ func TestFDStoreRestartKeepsStreams(t *testing.T) {
 	if c := strings.Count(log, "connections restored from the systemd fd store"); c != 10 {
 		t.Fatalf("%d processes restored connections, want 10:\n%s", c, log)
 	}
-	if n := u.storeCount(t); n != "1" {
-		t.Fatalf("NFileDescriptorStore=%s after the restarts, want 1 (the listener)", n)
+	// Once the streams are closed, the copy kept against a crash goes too
+	// (at the next look, within a second).
+	deadline := time.Now().Add(10 * time.Second)
+	for u.storeCount(t) != "1" {
+		if time.Now().After(deadline) {
+			t.Fatalf("NFileDescriptorStore=%s after the restarts, want 1 (the listener)", u.storeCount(t))
+		}
+		time.Sleep(50 * time.Millisecond) // polling the manager's count, bounded
 	}
 	t.Logf("%d streams across 10 restarts: %d verified round trips; short connections %d ok", n, st.rounds.Load(), ok)
 }
@@ -209,6 +215,105 @@ func TestFDStoreStopClosesStoredConnections(t *testing.T) {
 		t.Fatalf("NFileDescriptorStore=%s once inactive, want 0", sn)
 	}
 	t.Logf("systemctl stop with %d connections open took %v; every client saw EOF", n, took)
+}
+
+// TestFDStoreCrashKeepsConnections: 500 idle connections; 3 SIGKILLs of
+// the main pid with Restart=always. The serving process keeps a copy of
+// its connections in the fd store, so each next process serves them:
+// after every crash, every connection still echoes.
+func TestFDStoreCrashKeepsConnections(t *testing.T) {
+	const n = 500
+	m := systemdtest.Start(t)
+	tcp := freePort(t)
+	u := installFDStoreUnit(t, m, tcp)
+	// Debug: the snapshots are logged.
+	if err := os.WriteFile(u.config, []byte(fmt.Sprintf("listen = [%q]\nlog-level = \"debug\"\n", tcp)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	u.start(t)
+	conns := make([]*echoConn, n)
+	for i := range conns {
+		conns[i] = mustEcho(t, "tcp", tcp, 16)
+	}
+	// A copy of every connection in the store, by the process serving now.
+	waitStore := func(what string) {
+		t.Helper()
+		want := fmt.Sprintf(`msg="live connections kept in the fd store against a crash" gen=1 pid=%s connections=%d `, u.show(t)["MainPID"], n)
+		deadline := time.Now().Add(20 * time.Second)
+		for !strings.Contains(u.log(t), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no snapshot of the %d connections (NFileDescriptorStore=%s)\n%s", what, n, u.storeCount(t), u.log(t))
+			}
+			time.Sleep(50 * time.Millisecond) // polling the log, bounded
+		}
+	}
+	waitStore("before the first crash")
+	lost := 0
+	for k := 1; k <= 3; k++ {
+		pid := u.show(t)["MainPID"]
+		u.mustSystemctl(t, "kill", "--signal=KILL", u.service())
+		u.waitActive(t, pid)
+		for i, c := range conns {
+			if c == nil {
+				continue
+			}
+			if err := c.roundTrip(64); err != nil {
+				t.Errorf("crash %d: connection %d: %v", k, i, err)
+				conns[i] = nil
+				lost++
+			}
+		}
+		if lost > 0 {
+			t.Fatalf("crash %d: %d of %d idle connections lost\n%s", k, lost, n, u.log(t))
+		}
+		waitStore(fmt.Sprintf("after crash %d", k))
+	}
+	if got := u.show(t)["NRestarts"]; got != "3" {
+		t.Fatalf("NRestarts=%s, want 3", got)
+	}
+	t.Logf("%d idle connections across 3 SIGKILLs: 0 lost, every one echoed after each", n)
+}
+
+// TestFDStoreClosedConnectionLeavesTheStore: a connection echod closes
+// (here its idle timeout) while a copy of it is kept in the fd store
+// against a crash reaches its peer as a close all the same: the copy goes
+// with the next snapshot, and nothing stays in the store.
+func TestFDStoreClosedConnectionLeavesTheStore(t *testing.T) {
+	const n = 20
+	m := systemdtest.Start(t)
+	tcp := freePort(t)
+	u := installFDStoreUnit(t, m, tcp)
+	if err := os.WriteFile(u.config, []byte(fmt.Sprintf("listen = [%q]\nidle-timeout = \"3s\"\n", tcp)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	u.start(t)
+	conns := make([]*echoConn, n)
+	for i := range conns {
+		conns[i] = mustEcho(t, "tcp", tcp, 16)
+	}
+	last := time.Now()
+	// Kept against a crash once a second old.
+	deadline := time.Now().Add(20 * time.Second)
+	for u.storeCount(t) != "2" {
+		if time.Now().After(deadline) {
+			t.Fatalf("NFileDescriptorStore=%s, want 2 (the listener and the connections)", u.storeCount(t))
+		}
+		time.Sleep(50 * time.Millisecond) // polling the manager's count, bounded
+	}
+	for i, c := range conns {
+		_ = c.SetReadDeadline(last.Add(15 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+			t.Fatalf("connection %d, idle past its timeout: read %d, %v; want EOF", i, n, err)
+		}
+	}
+	t.Logf("every idle connection closed %v after its last echo (idle timeout 3s)", time.Since(last).Round(time.Millisecond))
+	deadline = time.Now().Add(10 * time.Second)
+	for u.storeCount(t) != "1" {
+		if time.Now().After(deadline) {
+			t.Fatalf("NFileDescriptorStore=%s with no connection left, want 1 (the listener)", u.storeCount(t))
+		}
+		time.Sleep(50 * time.Millisecond) // polling the manager's count, bounded
+	}
 }
 
 // TestFDStoreCrashRefusesNothing: SIGKILL of the main process under load;
