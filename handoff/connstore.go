@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -209,8 +210,12 @@ func (g *Generation) snapshotConns(conns []net.Conn, seq int) ([]string, error) 
 	n := g.opts.FDStore
 	ds := make([]daemon.DetachedConn, 0, len(conns))
 	fds := make([]int, 0, len(conns))
+	// The connections are served on meanwhile and may close: each is
+	// duplicated while its descriptor is held (Control), so that a number
+	// reused by another file is never sent.
+	defer func() { closeFDs(fds) }()
 	for _, c := range conns {
-		if fd, ok := connFD(c); ok {
+		if fd, ok := dupConnFD(c); ok {
 			ds = append(ds, daemon.DetachedConn{Conn: c})
 			fds = append(fds, fd)
 		}
@@ -221,8 +226,8 @@ func (g *Generation) snapshotConns(conns []net.Conn, seq int) ([]string, error) 
 		return nil, err
 	}
 	defer w.close()
-	for len(ds) > 0 {
-		k, err := w.conns(ds, fds)
+	for rest, restFDs := ds, fds; len(rest) > 0; {
+		k, err := w.conns(rest, restFDs)
 		if err == nil && k == 0 {
 			err = errors.New("a batch of stateless connections does not fit a message")
 		}
@@ -230,13 +235,31 @@ func (g *Generation) snapshotConns(conns []net.Conn, seq int) ([]string, error) 
 			g.removeConnQueues(w.names)
 			return nil, err
 		}
-		ds, fds = ds[k:], fds[k:]
+		rest, restFDs = rest[k:], restFDs[k:]
 	}
 	if err := w.finish(); err != nil {
 		g.removeConnQueues(w.names)
 		return nil, err
 	}
 	return w.names, nil
+}
+
+// dupConnFD returns a close-on-exec duplicate of c's descriptor, made
+// while c holds it; ok is false once c is closed, or without one.
+func dupConnFD(c net.Conn) (fd int, ok bool) {
+	sc, isSys := c.(syscall.Conn)
+	if !isSys {
+		return -1, false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, false
+	}
+	fd = -1
+	if err := rc.Control(func(s uintptr) { fd, _ = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, false
+	}
+	return fd, fd >= 0
 }
 
 // removeConnQueues removes queues from the store (the manager closes its

@@ -96,6 +96,15 @@ func (m *storeManager) serve() {
 	}
 }
 
+// sync returns once the manager handled every message sent before (a
+// barrier: it answers in order).
+func (m *storeManager) sync(t *testing.T) {
+	t.Helper()
+	if _, err := systemd.NewNotifier().Barrier(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // take hands the stored fds back as systemd would at the next start.
 func (m *storeManager) take(t *testing.T) map[string]*os.File {
 	t.Helper()
@@ -190,6 +199,7 @@ func TestConnStoreRoundTrip(t *testing.T) {
 			t.Fatalf("restored connection %d read %q, %v", i, buf, err)
 		}
 	}
+	m.sync(t)
 	m.mu.Lock()
 	removed, left := len(m.removed), len(m.stored)
 	m.mu.Unlock()
@@ -245,5 +255,67 @@ func TestConnStoreRestoreWithinRoom(t *testing.T) {
 		if _, err := p.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 			t.Fatalf("peer %d of a connection over the room: read %v, want EOF", i, err)
 		}
+	}
+}
+
+// TestConnStoreSnapshotAndStopTakenOnce: a snapshot kept against a crash
+// and a stop's queue hold the same sockets; the next process takes each
+// once, with the state the stop's queue carries, and removes both.
+func TestConnStoreSnapshotAndStopTakenOnce(t *testing.T) {
+	m := startStoreManager(t)
+	const n = 300
+	var conns []daemon.DetachedConn
+	var plain []net.Conn
+	var peers []*os.File
+	defer func() {
+		for _, p := range peers {
+			p.Close()
+		}
+	}()
+	for i := range n {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers = append(peers, os.NewFile(uintptr(fds[1]), "peer"))
+		c, err := newSockConn(fds[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain = append(plain, c)
+		conns = append(conns, daemon.DetachedConn{Conn: c, State: []byte{'s', byte(i), byte(i >> 8)}})
+	}
+	old := &Generation{log: slog.New(slog.DiscardHandler), opts: Options{FDStore: systemd.NewNotifier(), Notifier: systemd.NewNotifier()}}
+	names, err := old.snapshotConns(plain, 1)
+	if err != nil || len(names) == 0 {
+		t.Fatalf("snapshotConns = %v, %v", names, err)
+	}
+	if stored, _, err := old.StoreConns(conns); err != nil || stored != n {
+		t.Fatalf("StoreConns = %d, %v", stored, err)
+	}
+	files := m.take(t)
+	if len(files) != len(names)+1 {
+		t.Fatalf("%d queues in the store, want the snapshot's %d and the stop's", len(files), len(names))
+	}
+	next := &Generation{log: slog.New(slog.DiscardHandler), opts: Options{Notifier: systemd.NewNotifier()}}
+	got, err := next.restoreConns(files, 10*n)
+	defer closeAdopted(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("restored %d connections, want %d (each socket once)", len(got), n)
+	}
+	for _, c := range got {
+		if len(c.state) != 3 || c.state[0] != 's' {
+			t.Fatalf("a connection came back with state %q, want the stop's", c.state)
+		}
+	}
+	m.sync(t)
+	m.mu.Lock()
+	left := len(m.stored)
+	m.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d queues left in the store", left)
 	}
 }

@@ -394,13 +394,14 @@ wait:
 			}
 		}
 	}
-	r.stopSnapshots()
+	// The copies kept against a crash go first: a stop stores the
+	// connections themselves next (the two would count twice against the
+	// descriptors this user may have in flight, RLIMIT_NOFILE), and after
+	// an upgrade the next generation keeps its own.
+	r.dropSnapshot()
 	if next == phaseStopping {
 		r.storeConns()
 	}
-	// Stored by the stop, or handed to the next generation (which keeps
-	// its own): the copies kept against a crash go.
-	r.dropSnapshot()
 	close(r.handedOver)
 	forced := r.drain(next)
 	r.upgrades.Wait()

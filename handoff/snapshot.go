@@ -70,7 +70,14 @@ func (r *runner) snapshotLoop(l connLister, s *snapshots) {
 			seq++
 			var err error
 			if names, err = r.g.snapshotConns(conns, seq); err != nil {
+				// Most likely too many descriptors in flight for this
+				// user (ETOOMANYREFS: the old snapshot's and the new one's
+				// add up, bounded by RLIMIT_NOFILE). The old one goes all
+				// the same, or a connection closed here would stay open in
+				// it; the next look stores a new one alone.
 				r.log.Warn("live connections not kept in the fd store (a crash would lose them)", "connections", len(conns), "err", err)
+				r.g.removeConnQueues(s.names)
+				s.names, last = nil, nil
 				continue
 			}
 		}

@@ -100,6 +100,22 @@ func BenchmarkSystemdFDStoreRestartConns(b *testing.B) {
 	u.start(b)
 	runEcholoadAgainst(b, m, u.tcp, "systemctl --user restart "+u.service(), "5s", 20*time.Second,
 		"-concurrency", "0", "-streams", "10000", "-stream-interval", "2s")
+	if os.Getenv("ECHOD_BENCH_LOG") != "" {
+		b.Log(u.log(b))
+	}
+}
+
+// BenchmarkSystemdFDStoreCrashConns: the same 10,000 streams, SIGKILL of
+// the main pid every 5 s for 20 s (Restart=always): the next process
+// serves the copies of the connections kept in the store. A message the
+// killed process had read and not echoed is lost: its stream fails
+// (timeout) and reconnects, counted in failures and stream-conns.
+func BenchmarkSystemdFDStoreCrashConns(b *testing.B) {
+	m := systemdtest.Start(b)
+	u := installFDStoreUnit(b, m, freePort(b))
+	u.start(b)
+	runEcholoadAgainst(b, m, u.tcp, "systemctl --user kill --signal=KILL "+u.service(), "5s", 20*time.Second,
+		"-concurrency", "0", "-streams", "10000", "-stream-interval", "2s")
 }
 
 // BenchmarkSystemdFDStoreCrash: SIGKILL of the service every 2s for 15s
