@@ -131,6 +131,18 @@ func (w *queueWriter) conns(conns []daemon.DetachedConn, fds []int) (int, error)
 	return k, nil
 }
 
+// bare writes one batch of descriptors without state (a snapshot's).
+func (w *queueWriter) bare(fds []int) error {
+	body := connsMsg{Batch: w.batch, Conns: make([]connState, len(fds))}
+	if err := w.send(msgConns, body, fds...); err != nil {
+		return err
+	}
+	w.batch++
+	w.sent += len(fds)
+	w.inQ += len(fds)
+	return nil
+}
+
 // finish ends with "done" and stores the last queue.
 func (w *queueWriter) finish() error {
 	if err := w.send(msgDone, doneMsg{Sent: w.sent}); err != nil {
@@ -207,35 +219,27 @@ func (g *Generation) StoreConns(conns []daemon.DetachedConn) (stored int, kept [
 // stored. A connection closed here stays open in the store until then:
 // its peer sees the close only when that snapshot goes.
 func (g *Generation) snapshotConns(conns []net.Conn, seq int) ([]string, error) {
-	n := g.opts.FDStore
-	ds := make([]daemon.DetachedConn, 0, len(conns))
-	fds := make([]int, 0, len(conns))
-	// The connections are served on meanwhile and may close: each is
-	// duplicated while its descriptor is held (Control), so that a number
-	// reused by another file is never sent.
-	defer func() { closeFDs(fds) }()
-	for _, c := range conns {
-		if fd, ok := dupConnFD(c); ok {
-			ds = append(ds, daemon.DetachedConn{Conn: c})
-			fds = append(fds, fd)
-		}
-	}
 	prefix := fmt.Sprintf("%s%d-%d-", liveStorePrefix, os.Getpid(), seq)
-	w, err := newQueueWriter(n, func(i int) string { return prefix + strconv.Itoa(i) })
+	w, err := newQueueWriter(g.opts.FDStore, func(i int) string { return prefix + strconv.Itoa(i) })
 	if err != nil {
 		return nil, err
 	}
 	defer w.close()
-	for rest, restFDs := ds, fds; len(rest) > 0; {
-		k, err := w.conns(rest, restFDs)
-		if err == nil && k == 0 {
-			err = errors.New("a batch of stateless connections does not fit a message")
-		}
-		if err != nil {
+	for start := 0; start < len(conns); start += maxFDsPerMessage {
+		var serr error
+		// The connections are served on meanwhile and may close: their
+		// descriptors are held (Control) while they are sent, so that a
+		// number reused by another file is never sent (a duplicate each
+		// would double the descriptors this process holds).
+		holdFDs(conns[start:min(start+maxFDsPerMessage, len(conns))], nil, func(fds []int) {
+			if len(fds) > 0 {
+				serr = w.bare(fds)
+			}
+		})
+		if serr != nil {
 			g.removeConnQueues(w.names)
-			return nil, err
+			return nil, serr
 		}
-		rest, restFDs = rest[k:], restFDs[k:]
 	}
 	if err := w.finish(); err != nil {
 		g.removeConnQueues(w.names)
@@ -244,22 +248,25 @@ func (g *Generation) snapshotConns(conns []net.Conn, seq int) ([]string, error) 
 	return w.names, nil
 }
 
-// dupConnFD returns a close-on-exec duplicate of c's descriptor, made
-// while c holds it; ok is false once c is closed, or without one.
-func dupConnFD(c net.Conn) (fd int, ok bool) {
-	sc, isSys := c.(syscall.Conn)
-	if !isSys {
-		return -1, false
+// holdFDs calls f with the descriptors of conns, each held by its
+// connection's Control (so not closed, nor its number reused, before f
+// returns); a connection closed already, or without one, is left out.
+func holdFDs(conns []net.Conn, fds []int, f func(fds []int)) {
+	if len(conns) == 0 {
+		f(fds)
+		return
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return -1, false
+	held := false
+	if sc, ok := conns[0].(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			held = rc.Control(func(s uintptr) {
+				holdFDs(conns[1:], append(fds, int(s)), f)
+			}) == nil
+		}
 	}
-	fd = -1
-	if err := rc.Control(func(s uintptr) { fd, _ = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return -1, false
+	if !held {
+		holdFDs(conns[1:], fds, f)
 	}
-	return fd, fd >= 0
 }
 
 // removeConnQueues removes queues from the store (the manager closes its

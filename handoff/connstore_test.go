@@ -4,6 +4,7 @@ package handoff
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -317,5 +318,39 @@ func TestConnStoreSnapshotAndStopTakenOnce(t *testing.T) {
 	m.mu.Unlock()
 	if left != 0 {
 		t.Fatalf("%d queues left in the store", left)
+	}
+}
+
+// TestHoldFDs: the descriptors of open connections, in order; a closed
+// one and one without a descriptor are left out.
+func TestHoldFDs(t *testing.T) {
+	var conns []net.Conn
+	var want []int
+	for i := range 4 {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fds[1])
+		c, err := newSockConn(fds[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if i == 2 {
+			c.Close()
+		} else {
+			want = append(want, fds[0])
+		}
+		conns = append(conns, c)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	conns = append(conns, a)
+	var got []int
+	holdFDs(conns, nil, func(fds []int) { got = append(got, fds...) })
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("holdFDs gave %v, want %v", got, want)
 	}
 }

@@ -65,7 +65,7 @@ func flags(c *config, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.PIDFile, "pid-file", c.PIDFile, "file naming the serving generation's pid (written atomically once it is ready)")
 	fs.StringVar(&c.Control, "control", c.Control, "control socket for 'echod reload|status|stop' (default $RUNTIME_DIRECTORY/control.sock under systemd; empty: none)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
-	fs.BoolVar(&c.FDStore, "fdstore", c.FDStore, "keep the listeners echod binds in systemd's fd store (FileDescriptorStoreMax=), so restarts and crashes refuse no connection; with -migrate, a stop leaves the live connections there for the next process")
+	fs.BoolVar(&c.FDStore, "fdstore", c.FDStore, "keep the listeners echod binds in systemd's fd store (FileDescriptorStoreMax=), so restarts and crashes refuse no connection; with -migrate, the live connections too (a copy against a crash, all of them at a stop), served by the next process")
 	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "hand live connections to the new generation on reload (false: drain them in the old one)")
 	fs.BoolVar(&c.checkOnly, "check-config", false, "validate the flags and the config file as a reload would, then exit (0 valid, 2 invalid)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
