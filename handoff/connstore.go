@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -207,6 +208,7 @@ func (g *Generation) StoreConns(conns []daemon.DetachedConn) (stored int, kept [
 	// In the store now (the queue holds its own reference to each socket):
 	// this process's descriptors go.
 	closeStoredConns(sent)
+	g.recordConnQueues(w.names)
 	g.logger().Info("connections stored in the systemd fd store", "stored", w.stored, "kept", len(kept), "queues", len(w.names))
 	return w.stored, kept, nil
 }
@@ -380,12 +382,54 @@ func (g *Generation) takeConnQueues() map[string]*os.File {
 	return q
 }
 
+// connMarkerFile records, in the state directory, the connection queues
+// this service keeps in the store, so that a process that gets none of
+// them back can tell the operator why (see checkRestored).
+func (g *Generation) connMarkerFile() string {
+	return filepath.Join(g.opts.StateDir, "fdstore.conns")
+}
+
+// recordConnQueues notes the queues now in the store (none: the record
+// goes).
+func (g *Generation) recordConnQueues(names []string) {
+	if g.noStateDir {
+		return
+	}
+	if len(names) == 0 {
+		if err := os.Remove(g.connMarkerFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			g.logger().Warn("cannot remove the record of stored connections", "file", g.connMarkerFile(), "err", err)
+		}
+		return
+	}
+	if err := writeAtomic(g.connMarkerFile(), strings.Join(names, "\n")+"\n"); err != nil {
+		g.logger().Warn("cannot record stored connections", "file", g.connMarkerFile(), "err", err)
+	}
+}
+
+// checkConnQueues warns when the previous process of the service kept
+// connections in the store (its record says so) and none came back:
+// systemd drops stored fds silently over FileDescriptorStoreMax=.
+func (g *Generation) checkConnQueues(got int) {
+	if g.noStateDir {
+		return
+	}
+	b, err := os.ReadFile(g.connMarkerFile())
+	if err != nil {
+		return
+	}
+	if want := strings.Fields(string(b)); len(want) > 0 && got == 0 {
+		g.logger().Warn("connections kept in the systemd fd store by the previous process did not come back: is FileDescriptorStoreMax= high enough? (expected after a full stop: the store is flushed then)", "queues_stored_before", len(want))
+	}
+	g.recordConnQueues(nil)
+}
+
 // restoreStored is a first generation's part of Ready: the connections in
 // the queues systemd passed back, when this generation adopts connections
 // (they are served after the commit); otherwise they are closed. The
 // queues are removed from the store either way.
 func (g *Generation) restoreStored() []adoptedConn {
 	queues := g.takeConnQueues()
+	g.checkConnQueues(len(queues))
 	if len(queues) == 0 {
 		return nil
 	}

@@ -443,6 +443,7 @@ func (r *runner) storeConns() {
 		r.log.Warn("detaching connections to store them", "err", err)
 	}
 	if len(conns) == 0 {
+		r.g.recordConnQueues(nil) // nothing to expect back
 		return
 	}
 	_, kept, err := r.g.StoreConns(conns)

@@ -77,6 +77,7 @@ func (r *runner) snapshotLoop(l connLister, s *snapshots) {
 				// it; the next look stores a new one alone.
 				r.log.Warn("live connections not kept in the fd store (a crash would lose them)", "connections", len(conns), "err", err)
 				r.g.removeConnQueues(s.names)
+				r.g.recordConnQueues(nil)
 				s.names, last = nil, nil
 				continue
 			}
@@ -84,6 +85,7 @@ func (r *runner) snapshotLoop(l connLister, s *snapshots) {
 		// The new one first: there is always one to come back to.
 		r.g.removeConnQueues(s.names)
 		s.names = names
+		r.g.recordConnQueues(names)
 		last = make(map[net.Conn]struct{}, len(conns))
 		for _, c := range conns {
 			last[c] = struct{}{}
@@ -129,4 +131,6 @@ func (r *runner) dropSnapshot() {
 	r.stopSnapshots()
 	r.g.removeConnQueues(r.snaps.names)
 	r.snaps.names = nil
+	// The record of stored queues is left to what comes next: a stop's
+	// own queue, or the next generation's copies.
 }

@@ -329,6 +329,30 @@ func TestFDStoreClosedConnectionLeavesTheStore(t *testing.T) {
 	}
 }
 
+// TestFDStoreConnectionsOverTheLimit: with FileDescriptorStoreMax= too
+// low for the queue of connections (room for the listener only), systemd
+// drops it without a word; the next process says so, naming the setting.
+func TestFDStoreConnectionsOverTheLimit(t *testing.T) {
+	m := systemdtest.Start(t)
+	tcp := freePort(t)
+	u := installFDStoreUnit(t, m, tcp)
+	m.DropIn(t, u.service(), "zz-max", "[Service]\nFileDescriptorStoreMax=1\n")
+	u.start(t)
+	c := mustEcho(t, "tcp", tcp, 16)
+	prev := u.show(t)["MainPID"]
+	u.mustSystemctl(t, "restart", u.service())
+	u.waitActive(t, prev)
+	log := u.log(t)
+	if !strings.Contains(log, "connections kept in the systemd fd store by the previous process did not come back: is FileDescriptorStoreMax= high enough?") {
+		t.Fatalf("no warning naming FileDescriptorStoreMax=:\n%s", log)
+	}
+	// The connection went with the queue: its client sees it closed.
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("the dropped connection read %d, %v; want it closed", n, err)
+	}
+}
+
 // TestFDStoreCrashRefusesNothing: SIGKILL of the main process under load;
 // Restart=always starts the next one with the stored socket. Connections
 // in flight inside the killed process are lost (reset); none is refused.
