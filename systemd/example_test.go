@@ -2,7 +2,11 @@ package systemd_test
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/echod/echod/systemd"
 )
@@ -55,4 +59,50 @@ func ExampleParseListenEnv() {
 	// 2 [http admin] <nil>
 	// 0 true <nil>
 	// systemd: bad environment: LISTEN_PID=999 names another process (this is 1234): the sockets were meant for it
+}
+
+// ExampleNotifier_StoreUnpolled keeps one end of a socketpair in the fd
+// store, as a daemon keeps a queue of connections there: FDPOLL=0, or the
+// manager would drop it once the other end is closed. Here a unixgram
+// socket stands in for the manager.
+func ExampleNotifier_StoreUnpolled() {
+	dir, err := os.MkdirTemp("", "notify")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	manager, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "notify"), Net: "unixgram"})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer manager.Close()
+	os.Setenv("NOTIFY_SOCKET", manager.LocalAddr().String())
+	defer os.Unsetenv("NOTIFY_SOCKET")
+
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
+	fmt.Println(systemd.NewNotifier().StoreUnpolled("queue-0", pair[1]))
+
+	buf, oob := make([]byte, 512), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := manager.ReadMsgUnix(buf, oob)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+	fds, _ := unix.ParseUnixRights(&msgs[0])
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+	fmt.Printf("%q with %d fd\n", buf[:n], len(fds))
+	// Output:
+	// true <nil>
+	// "FDSTORE=1\nFDNAME=queue-0\nFDPOLL=0" with 1 fd
 }
