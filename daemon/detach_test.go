@@ -140,6 +140,47 @@ func startStream(c net.Conn) *stream {
 	return s
 }
 
+// warmStreams dials n clients of ts (all first: running streams slow the
+// dials down), starts a stream on each and waits until each had its first
+// counters echoed.
+func warmStreams(t *testing.T, ts *testServer, n int) []*stream {
+	t.Helper()
+	clients := make([]net.Conn, n)
+	for i := range clients {
+		clients[i] = ts.dial(t)
+	}
+	streams := make([]*stream, n)
+	for i, c := range clients {
+		streams[i] = startStream(c)
+	}
+	for i, s := range streams {
+		select {
+		case <-s.warm:
+		case err := <-s.result:
+			t.Fatalf("stream %d before the detach: %v", i, err)
+		case <-time.After(ioTimeout):
+			t.Fatalf("stream %d: no echo before the detach", i)
+		}
+	}
+	return streams
+}
+
+// endStreams stops the streams, checks each got exactly its counters
+// back, and returns how many bytes they wrote in all.
+func endStreams(t *testing.T, streams []*stream) (total uint64) {
+	t.Helper()
+	for _, s := range streams {
+		close(s.stop)
+	}
+	for i, s := range streams {
+		if err := recvWithin(t, s.result, "a stream to end"); err != nil {
+			t.Errorf("stream %d: %v", i, err)
+		}
+		total += 8 * s.wrote
+	}
+	return total
+}
+
 // TestDetachMigrate moves 200 busy client streams from one server to
 // another: every client writes counters without pause, server a serves
 // them, a.Detach takes them out at a safe point, server b adopts them and
@@ -151,25 +192,7 @@ func TestDetachMigrate(t *testing.T) {
 	for _, network := range networks {
 		t.Run(network, func(t *testing.T) {
 			a := start(t, daemon.Config{}, network)
-			// Dial every client first: running streams slow the dials
-			// down.
-			clients := make([]net.Conn, n)
-			for i := range clients {
-				clients[i] = a.dial(t)
-			}
-			streams := make([]*stream, n)
-			for i, c := range clients {
-				streams[i] = startStream(c)
-			}
-			for i, s := range streams {
-				select {
-				case <-s.warm:
-				case err := <-s.result:
-					t.Fatalf("stream %d before the detach: %v", i, err)
-				case <-time.After(ioTimeout):
-					t.Fatalf("stream %d: no echo before the detach", i)
-				}
-			}
+			streams := warmStreams(t, a, n)
 
 			begin := time.Now()
 			conns := detach(t, a.srv)
@@ -198,16 +221,7 @@ func TestDetachMigrate(t *testing.T) {
 			t.Cleanup(func() { closeWithin(t, b) })
 			adopt(t, b, conns)
 
-			for _, s := range streams {
-				close(s.stop)
-			}
-			var total uint64
-			for i, s := range streams {
-				if err := recvWithin(t, s.result, "a stream to end"); err != nil {
-					t.Errorf("stream %d: %v", i, err)
-				}
-				total += 8 * s.wrote
-			}
+			total := endStreams(t, streams)
 			st := waitStats(t, b, "every stream to end", func(st daemon.Stats) bool { return st.Closed == n })
 			if st.Adopted != n || st.Active != 0 {
 				t.Errorf("new server Stats = %+v, want Adopted %d, Closed %d", st, n, n)
@@ -229,23 +243,7 @@ func TestDetachMigrate(t *testing.T) {
 func TestDetachNBatches(t *testing.T) {
 	const n, batch = 100, 16
 	a := start(t, daemon.Config{}, "tcp")
-	clients := make([]net.Conn, n)
-	for i := range clients {
-		clients[i] = a.dial(t)
-	}
-	streams := make([]*stream, n)
-	for i, c := range clients {
-		streams[i] = startStream(c)
-	}
-	for i, s := range streams {
-		select {
-		case <-s.warm:
-		case err := <-s.result:
-			t.Fatalf("stream %d before the detach: %v", i, err)
-		case <-time.After(ioTimeout):
-			t.Fatalf("stream %d: no echo before the detach", i)
-		}
-	}
+	streams := warmStreams(t, a, n)
 	b := daemon.New(daemon.Config{})
 	t.Cleanup(func() { closeWithin(t, b) })
 	moved, calls := 0, 0
@@ -274,16 +272,7 @@ func TestDetachNBatches(t *testing.T) {
 	if moved != n || calls != (n+batch-1)/batch {
 		t.Fatalf("moved %d in %d calls, want %d in %d", moved, calls, n, (n+batch-1)/batch)
 	}
-	for _, s := range streams {
-		close(s.stop)
-	}
-	var total uint64
-	for i, s := range streams {
-		if err := recvWithin(t, s.result, "a stream to end"); err != nil {
-			t.Errorf("stream %d: %v", i, err)
-		}
-		total += 8 * s.wrote
-	}
+	total := endStreams(t, streams)
 	st := waitStats(t, b, "every stream to end", func(st daemon.Stats) bool { return st.Closed == n })
 	if got := a.srv.Stats().Bytes + st.Bytes; got != total {
 		t.Errorf("servers echoed %d bytes (%d + %d), clients wrote %d", got, a.srv.Stats().Bytes, st.Bytes, total)

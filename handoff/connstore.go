@@ -168,16 +168,7 @@ func (g *Generation) StoreConns(conns []daemon.DetachedConn) (stored int, kept [
 	if !n.Enabled() {
 		return 0, conns, nil
 	}
-	var movable []daemon.DetachedConn
-	var fds []int
-	for _, d := range conns {
-		if fd, ok := connFD(d.Conn); ok {
-			movable = append(movable, d)
-			fds = append(fds, fd)
-		} else {
-			kept = append(kept, d)
-		}
-	}
+	movable, fds, kept := splitMovable(nil, nil, nil, conns)
 	w, err := newQueueWriter(n, connStoreName)
 	if err != nil {
 		return 0, conns, err

@@ -128,6 +128,37 @@ func (m *storeManager) take(t *testing.T) map[string]*os.File {
 	return files
 }
 
+// socketConns returns n connected stream sockets as detached connections,
+// the i-th with state(i), and their peers; the peers are closed when the
+// test ends.
+func socketConns(t *testing.T, n int, state func(i int) []byte) ([]daemon.DetachedConn, []*os.File) {
+	t.Helper()
+	var conns []daemon.DetachedConn
+	var peers []*os.File
+	t.Cleanup(func() {
+		for _, p := range peers {
+			p.Close()
+		}
+	})
+	for i := range n {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers = append(peers, os.NewFile(uintptr(fds[1]), "peer"))
+		c, err := newSockConn(fds[0])
+		if err != nil {
+			unix.Close(fds[0])
+			t.Fatal(err)
+		}
+		conns = append(conns, daemon.DetachedConn{Conn: c, State: state(i)})
+	}
+	return conns, peers
+}
+
+// indexState is a state naming connection i.
+func indexState(i int) []byte { return []byte{byte(i), byte(i >> 8)} }
+
 // TestConnStoreRoundTrip: connections stored by a stopping process come
 // back whole in the next one, with their state, as the very same sockets,
 // across several queues when one fills; the queues leave the store, and
@@ -138,25 +169,7 @@ func TestConnStoreRoundTrip(t *testing.T) {
 	defer func() { connQueueSndBuf = 0 }()
 
 	const n = 2000
-	var conns []daemon.DetachedConn
-	var peers []*os.File
-	defer func() {
-		for _, p := range peers {
-			p.Close()
-		}
-	}()
-	for i := range n {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		peers = append(peers, os.NewFile(uintptr(fds[1]), "peer"))
-		c, err := newSockConn(fds[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, daemon.DetachedConn{Conn: c, State: []byte{byte(i), byte(i >> 8)}})
-	}
+	conns, peers := socketConns(t, n, indexState)
 	a, b := net.Pipe() // no descriptor: kept
 	defer b.Close()
 	conns = append(conns, daemon.DetachedConn{Conn: a, State: []byte("no fd")})
@@ -215,25 +228,7 @@ func TestConnStoreRoundTrip(t *testing.T) {
 func TestConnStoreRestoreWithinRoom(t *testing.T) {
 	m := startStoreManager(t)
 	const n, room = 300, 100
-	var conns []daemon.DetachedConn
-	var peers []*os.File
-	defer func() {
-		for _, p := range peers {
-			p.Close()
-		}
-	}()
-	for i := range n {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		peers = append(peers, os.NewFile(uintptr(fds[1]), "peer"))
-		c, err := newSockConn(fds[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, daemon.DetachedConn{Conn: c, State: []byte{byte(i), byte(i >> 8)}})
-	}
+	conns, peers := socketConns(t, n, indexState)
 	old := &Generation{log: slog.New(slog.DiscardHandler), opts: Options{FDStore: systemd.NewNotifier()}}
 	if stored, _, err := old.StoreConns(conns); err != nil || stored != n {
 		t.Fatalf("StoreConns = %d, %v", stored, err)
@@ -265,26 +260,10 @@ func TestConnStoreRestoreWithinRoom(t *testing.T) {
 func TestConnStoreSnapshotAndStopTakenOnce(t *testing.T) {
 	m := startStoreManager(t)
 	const n = 300
-	var conns []daemon.DetachedConn
+	conns, _ := socketConns(t, n, func(i int) []byte { return []byte{'s', byte(i), byte(i >> 8)} })
 	var plain []net.Conn
-	var peers []*os.File
-	defer func() {
-		for _, p := range peers {
-			p.Close()
-		}
-	}()
-	for i := range n {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		peers = append(peers, os.NewFile(uintptr(fds[1]), "peer"))
-		c, err := newSockConn(fds[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		plain = append(plain, c)
-		conns = append(conns, daemon.DetachedConn{Conn: c, State: []byte{'s', byte(i), byte(i >> 8)}})
+	for _, d := range conns {
+		plain = append(plain, d.Conn)
 	}
 	old := &Generation{log: slog.New(slog.DiscardHandler), opts: Options{FDStore: systemd.NewNotifier(), Notifier: systemd.NewNotifier()}}
 	names, err := old.snapshotConns(plain, 1)

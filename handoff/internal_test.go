@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -172,30 +173,10 @@ func TestHandOverWithinRoom(t *testing.T) {
 	defer childEnd.Close()
 
 	const n, room = 600, 300
-	var conns []daemon.DetachedConn
-	var peers []*os.File
-	defer func() {
-		for _, p := range peers {
-			p.Close()
-		}
-	}()
-	for i := range n {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		peers = append(peers, os.NewFile(uintptr(fds[1]), "p"))
-		c, err := newSockConn(fds[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, daemon.DetachedConn{Conn: c, State: []byte{byte(i)}})
-		if i == 0 {
-			a, b := net.Pipe() // no descriptor
-			defer b.Close()
-			conns = append(conns, daemon.DetachedConn{Conn: a, State: []byte("no fd")})
-		}
-	}
+	conns, peers := socketConns(t, n, func(i int) []byte { return []byte{byte(i)} })
+	a, b := net.Pipe() // no descriptor
+	defer b.Close()
+	conns = slices.Insert(conns, 1, daemon.DetachedConn{Conn: a, State: []byte("no fd")})
 
 	toDetach := conns
 	g := &Generation{log: slog.New(slog.DiscardHandler)}

@@ -80,6 +80,21 @@ type inflight struct {
 	conns []daemon.DetachedConn
 }
 
+// splitMovable appends to movable (and fds, their descriptors) the
+// connections of conns that can move to another process, and to kept the
+// others: only a connection with a descriptor can.
+func splitMovable(movable []daemon.DetachedConn, fds []int, kept, conns []daemon.DetachedConn) ([]daemon.DetachedConn, []int, []daemon.DetachedConn) {
+	for _, d := range conns {
+		if fd, ok := connFD(d.Conn); ok {
+			movable = append(movable, d)
+			fds = append(fds, fd)
+		} else {
+			kept = append(kept, d)
+		}
+	}
+	return movable, fds, kept
+}
+
 // connFD returns the descriptor of c's socket, which stays c's: the
 // caller uses it while c is open. ok is false for a connection that
 // exposes none (a TLS connection in user space, say): it cannot move to
@@ -190,15 +205,7 @@ func (g *Generation) handOver(ch *channel, msgs <-chan recvResult, upErr <-chan 
 		if len(conns) == 0 {
 			drained = true
 		}
-		// Only a connection with a descriptor can move; the others stay.
-		for _, d := range conns {
-			if fd, ok := connFD(d.Conn); ok {
-				rest = append(rest, d)
-				restFDs = append(restFDs, fd)
-			} else {
-				kept = append(kept, d)
-			}
-		}
+		rest, restFDs, kept = splitMovable(rest, restFDs, kept, conns)
 	}
 	// Up to window batches in flight: the child takes one while the next
 	// is on its way. Accepts come back in order.
