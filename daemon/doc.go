@@ -41,8 +41,9 @@
 // open, with the state as a [DetachedConn]: the kernel keeps the
 // connection, and every byte the client sent and nobody read yet, in its
 // buffers. The caller passes its descriptor to the new generation
-// (package handoff does, with SCM_RIGHTS), where [net.FileConn] and
-// [Server.Adopt] resume it from its state ([Resumer.ResumeConn]), and
+// (package handoff does, with SCM_RIGHTS), where a net.Conn made of the
+// descriptor ([net.FileConn], say) and [Server.Adopt] resume it from its
+// state ([Resumer.ResumeConn]), and
 // closes its own: closing a descriptor does not shut the socket down. No
 // byte is lost, duplicated or reordered, and the client notices nothing.
 // A hand-over that fails is undone with Adopt in the old generation, which

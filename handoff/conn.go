@@ -52,9 +52,18 @@ func newSockConn(fd int) (net.Conn, error) {
 		unix.Close(fd)
 		return nil, &net.OpError{Op: "adopt", Net: "fd", Err: os.NewSyscallError("getsockopt", err)}
 	}
-	// Non-blocking already (the previous generation's runtime made it so:
-	// the flag belongs to the socket, not the descriptor), so NewFile
-	// registers it with the poller.
+	// Non-blocking already, as a rule (the previous generation's runtime
+	// made it so: the flag belongs to the socket, not the descriptor), so
+	// NewFile registers it with the poller; made so if not (a blocking one
+	// would take no deadline, and a hand-over could not interrupt it).
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err == nil && flags&unix.O_NONBLOCK == 0 {
+		_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags|unix.O_NONBLOCK)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, &net.OpError{Op: "adopt", Net: "fd", Err: os.NewSyscallError("fcntl", err)}
+	}
 	return &sockConn{f: os.NewFile(uintptr(fd), "handoff-conn")}, nil
 }
 
@@ -74,7 +83,14 @@ func (c *sockConn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return c.opErr("close", net.ErrClosed)
 	}
-	return c.opErr("close", c.f.Close())
+	if err := c.f.Close(); err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // close(2)'s own error, not "closed"
+		}
+		return &net.OpError{Op: "close", Net: "fd", Err: err}
+	}
+	return nil
 }
 
 func (c *sockConn) LocalAddr() net.Addr  { c.addrOnce.Do(c.addrs); return c.laddr }

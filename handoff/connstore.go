@@ -90,6 +90,9 @@ func (w *queueWriter) storeQueue() error {
 		return err
 	}
 	if _, err := w.n.Barrier(5 * time.Second); err != nil {
+		// The manager may hold it: take it back, or the connections in it
+		// would be served here and by the next process.
+		_, _ = w.n.Remove(name)
 		return err
 	}
 	w.names = append(w.names, name)
@@ -132,16 +135,17 @@ func (w *queueWriter) conns(conns []daemon.DetachedConn, fds []int) (int, error)
 	return k, nil
 }
 
-// bare writes one batch of descriptors without state (a snapshot's).
-func (w *queueWriter) bare(fds []int) error {
+// bare writes one batch of descriptors without state (a snapshot's) into
+// the current queue; full reports it has no room (nothing was sent).
+func (w *queueWriter) bare(fds []int) (full bool, err error) {
 	body := connsMsg{Batch: w.batch, Conns: make([]connState, len(fds))}
-	if err := w.send(msgConns, body, fds...); err != nil {
-		return err
+	if full, err = w.q.w.sendNow(msgConns, body, fds...); err != nil || full {
+		return full, err
 	}
 	w.batch++
 	w.sent += len(fds)
 	w.inQ += len(fds)
-	return nil
+	return false, nil
 }
 
 // finish ends with "done" and stores the last queue.
@@ -218,17 +222,24 @@ func (g *Generation) snapshotConns(conns []net.Conn, seq int) ([]string, error) 
 		return nil, err
 	}
 	defer w.close()
-	for start := 0; start < len(conns); start += maxFDsPerMessage {
+	for start := 0; start < len(conns); {
+		var full bool
 		var serr error
 		// The connections are served on meanwhile and may close: their
 		// descriptors are held (Control) while they are sent, so that a
 		// number reused by another file is never sent (a duplicate each
-		// would double the descriptors this process holds).
+		// would double the descriptors this process holds). Not while a
+		// full queue is stored: a connection closing here would wait.
 		holdFDs(conns[start:min(start+maxFDsPerMessage, len(conns))], nil, func(fds []int) {
 			if len(fds) > 0 {
-				serr = w.bare(fds)
+				full, serr = w.bare(fds)
 			}
 		})
+		if serr == nil && full {
+			serr = w.storeQueue() // and the batch again, in a new one
+		} else if serr == nil {
+			start += maxFDsPerMessage
+		}
 		if serr != nil {
 			g.removeConnQueues(w.names)
 			return nil, serr
@@ -434,7 +445,7 @@ func (g *Generation) restoreStored() []adoptedConn {
 	got, err := g.restoreConns(queues, room)
 	if adopt == nil {
 		closeAdopted(got)
-		g.logger().Warn("connections kept in the systemd fd store by the previous process closed: this one does not adopt connections (-migrate=false?)", "closed", len(got))
+		g.logger().Warn("connections kept in the systemd fd store by the previous process closed: this one does not adopt connections (-migrate=false?)", "err", err)
 		return nil
 	}
 	if err != nil {
@@ -477,6 +488,7 @@ func (g *Generation) restoreConns(files map[string]*os.File, room int) ([]adopte
 		ch, err := channelFromFile(files[name])
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			g.removeConnQueues([]string{name})
 			continue
 		}
 		for {
@@ -529,8 +541,12 @@ func (g *Generation) restoreConns(files map[string]*os.File, room int) ([]adopte
 					states = append(states, b.Conns[i].State)
 				}
 			}
-			for i, c := range fdConns(take) {
+			conns := fdConns(take)
+			for i, c := range conns {
 				got = append(got, adoptedConn{c: c, state: states[i]})
+			}
+			if bad := len(take) - len(conns); bad > 0 {
+				errs = append(errs, fmt.Errorf("%s: batch %d: %d descriptors were not connections", name, b.Batch, bad))
 			}
 		}
 		ch.Close()

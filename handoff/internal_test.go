@@ -132,6 +132,41 @@ func TestChannelTruncation(t *testing.T) {
 	}
 }
 
+// TestChannelClosesFDsOfBadMessages: the fds that came with a message
+// that cannot be read (here a bad magic) are closed, not left open with
+// nobody to close them: the socket sent is closed for good, and its peer
+// reads EOF.
+func TestChannelClosesFDsOfBadMessages(t *testing.T) {
+	a, bFile, err := newChannelPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := channelFromFile(bFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	// Non-blocking, so that the peer's read deadline holds.
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := os.NewFile(uintptr(pair[1]), "peer")
+	defer peer.Close()
+	if _, _, err := a.c.WriteMsgUnix([]byte("not a message"), unix.UnixRights(pair[0]), nil); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(pair[0]) // the one in flight is the last
+	if _, fds, _, err := b.recv(true, time.Now().Add(10*time.Second)); err == nil || len(fds) != 0 {
+		t.Fatalf("bad message: %d fds, %v; want none and an error", len(fds), err)
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := peer.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("peer of the socket sent with a bad message: read %d, %v; want EOF (the fd was left open)", n, err)
+	}
+}
+
 // FuzzDecodeMessage: whatever a packet holds, decoding never panics, and
 // what decodes re-encodes to the same frame.
 func FuzzDecodeMessage(f *testing.F) {

@@ -9,10 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -161,6 +161,7 @@ type runner struct {
 
 	handedOver chan struct{} // closed once replaced or stopping: LastHandOver is final
 	snaps      *snapshots    // the copies of the connections kept against a crash; nil: none
+	snapHold   atomic.Bool   // a hand-over is under way: no copy is renewed
 
 	mu      sync.Mutex
 	phase   phase
@@ -208,7 +209,15 @@ func (r *runner) start() error {
 			room = func() int { return min(fdRoom(), rs.Room()) }
 		}
 		r.g.AcceptConns(m.Adopt, room)
-		r.g.MigrateWith(Migration{Pause: r.pause, Resume: r.serveAll, Detach: m.DetachN, Adopt: m.Adopt})
+		r.g.MigrateWith(Migration{
+			// No copy against a crash is renewed during a hand-over: the
+			// copy and the hand-over's batches would count twice against
+			// the descriptors this user may have in flight.
+			Pause:  func() { r.snapHold.Store(true); r.pause() },
+			Resume: func() { r.serveAll(); r.snapHold.Store(false) },
+			Detach: m.DetachN,
+			Adopt:  m.Adopt,
+		})
 	}
 	if err := r.g.Ready(); err != nil {
 		closeAll(ls)
@@ -532,10 +541,9 @@ func (r *runner) drain(p phase) bool {
 }
 
 // fdRoom is how many more connections this process can take over: its
-// fd headroom under the soft RLIMIT_NOFILE, less a margin: while a batch
-// is converted its received fds (up to maxFDsPerMessage) are open beside
-// the connections made of them (one duplicate in flight per CPU), and the
-// process opens a few files of its own.
+// fd headroom under the soft RLIMIT_NOFILE, less a margin: a batch's
+// received fds (up to maxFDsPerMessage) arrive at once, and the process
+// opens a few files of its own.
 func fdRoom() int {
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
@@ -547,7 +555,7 @@ func fdRoom() int {
 	}
 	names, _ := f.Readdirnames(-1)
 	f.Close()
-	return int(rl.Cur) - len(names) - (maxFDsPerMessage + runtime.GOMAXPROCS(0) + fdRoomSpare)
+	return int(rl.Cur) - len(names) - (maxFDsPerMessage + fdRoomSpare)
 }
 
 // fdRoomSpare is the part of fdRoom's margin left for the process's own

@@ -30,9 +30,10 @@ import (
 //	                        readiness byte) and only then serves the
 //	                        listeners and the connections it took
 //
-// One owner at every instant: the parent pauses accepting and takes every
-// connection out of its server at a safe point before the first batch,
-// and keeps its own descriptor of each until the upgrade's outcome. If the
+// One owner at every instant: the parent pauses accepting and takes the
+// connections out of its server at a safe point, a batch at a time just
+// before it sends that batch (the others are served on meanwhile), and
+// keeps its own descriptor of each until the upgrade's outcome. If the
 // child commits, the connections it took are its own and the parent
 // closes its descriptors; if it dies, hangs (no accept within ackTimeout, or not ready
 // within the upgrade timeout) or breaks the channel first, it never served
@@ -381,11 +382,11 @@ type adoptedConn struct {
 	state []byte
 }
 
-// fdConns makes net.Conns of fds, which it closes, on up to GOMAXPROCS
-// goroutines (net.FileConn costs a dozen system calls a socket: spread, a
-// batch takes half the time on two cores while the parent waits). It
-// returns the longest prefix that converted, and closes the conns after
-// the first failure.
+// fdConns makes net.Conns of fds (newSockConn), on up to GOMAXPROCS
+// goroutines (a batch takes half the time on two cores while the parent
+// waits). It takes every fd: those that became a connection are the
+// connections' now, the others are closed. It returns the longest prefix
+// that converted, and closes the conns after the first failure.
 func fdConns(fds []int) []net.Conn {
 	conns := make([]net.Conn, len(fds))
 	errs := make([]error, len(fds))

@@ -337,7 +337,7 @@ func (ch *channel) recv(wait bool, deadline time.Time) (m message, fds []int, ct
 		}
 		return message{}, nil, false, fmt.Errorf("handoff: receive: %w", err)
 	}
-	files, ferr := parseRights(oob[:oobn])
+	fds, ferr := parseRights(oob[:oobn])
 	if n == 0 && oobn == 0 {
 		return message{}, nil, false, errEOF
 	}
@@ -350,7 +350,7 @@ func (ch *channel) recv(wait bool, deadline time.Time) (m message, fds []int, ct
 		closeFDs(fds)
 		return message{}, nil, false, err
 	}
-	return m, files, flags&unix.MSG_CTRUNC != 0, nil
+	return m, fds, flags&unix.MSG_CTRUNC != 0, nil
 }
 
 // errEOF: the other end closed the channel.

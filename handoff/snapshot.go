@@ -55,11 +55,15 @@ func (r *runner) snapshotLoop(l connLister, s *snapshots) {
 	defer t.Stop()
 	var last map[net.Conn]struct{}
 	seq := 0
+	warned := "" // the failure logged last, so that it is logged once
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
+		}
+		if r.snapHold.Load() {
+			continue
 		}
 		conns := l.Conns(snapshotAge)
 		if sameConns(conns, last) {
@@ -75,12 +79,19 @@ func (r *runner) snapshotLoop(l connLister, s *snapshots) {
 				// add up, bounded by RLIMIT_NOFILE). The old one goes all
 				// the same, or a connection closed here would stay open in
 				// it; the next look stores a new one alone.
-				r.log.Warn("live connections not kept in the fd store (a crash would lose them)", "connections", len(conns), "err", err)
+				if err.Error() != warned {
+					warned = err.Error()
+					r.log.Warn("live connections not kept in the fd store (a crash would lose them); retrying", "connections", len(conns), "err", err)
+				}
 				r.g.removeConnQueues(s.names)
 				r.g.recordConnQueues(nil)
 				s.names, last = nil, nil
 				continue
 			}
+		}
+		if warned != "" {
+			r.log.Info("live connections kept in the fd store again", "connections", len(conns))
+			warned = ""
 		}
 		// The new one first: there is always one to come back to.
 		r.g.removeConnQueues(s.names)
