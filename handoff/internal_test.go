@@ -80,20 +80,28 @@ func TestMessageRejected(t *testing.T) {
 	}
 }
 
-// TestChannelTruncation: a packet larger than a message may be is an
-// error (MSG_TRUNC), never a silently shortened message; fds travel with
-// a message and arrive close-on-exec.
-func TestChannelTruncation(t *testing.T) {
+// testChannelPair returns both ends of a new channel, closed when the
+// test ends.
+func testChannelPair(t *testing.T) (a, b *channel) {
+	t.Helper()
 	a, bFile, err := newChannelPair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
-	b, err := channelFromFile(bFile)
+	t.Cleanup(func() { a.Close() })
+	b, err = channelFromFile(bFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	t.Cleanup(func() { b.Close() })
+	return a, b
+}
+
+// TestChannelTruncation: a packet larger than a message may be is an
+// error (MSG_TRUNC), never a silently shortened message; fds travel with
+// a message and arrive close-on-exec.
+func TestChannelTruncation(t *testing.T) {
+	a, b := testChannelPair(t)
 	huge := append([]byte(protoMagic), protoVersion, byte(msgFailed))
 	huge = append(huge, bytes.Repeat([]byte(" "), maxMessage+10)...)
 	if _, _, err := a.c.WriteMsgUnix(huge, nil, nil); err != nil {
@@ -137,16 +145,7 @@ func TestChannelTruncation(t *testing.T) {
 // nobody to close them: the socket sent is closed for good, and its peer
 // reads EOF.
 func TestChannelClosesFDsOfBadMessages(t *testing.T) {
-	a, bFile, err := newChannelPair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := channelFromFile(bFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := testChannelPair(t)
 	// Non-blocking, so that the peer's read deadline holds.
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
@@ -196,16 +195,7 @@ func FuzzDecodeMessage(f *testing.F) {
 // connection without a descriptor; the fds that moved are the very
 // sockets (a byte written to the peer arrives).
 func TestHandOverWithinRoom(t *testing.T) {
-	parentEnd, childFile, err := newChannelPair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer parentEnd.Close()
-	childEnd, err := channelFromFile(childFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer childEnd.Close()
+	parentEnd, childEnd := testChannelPair(t)
 
 	const n, room = 600, 300
 	conns, peers := socketConns(t, n, func(i int) []byte { return []byte{byte(i)} })

@@ -113,8 +113,16 @@ func (g *Generation) exec() (Result, error) {
 	if !upDone {
 		upErr = <-upErrC
 	}
-	stopReader()
-	// What the child queued and the reader had not taken yet (a failed
+	if held := stopReader(); held != nil {
+		// Read, and not taken before tableflip's outcome came.
+		closeFDs(held.fds)
+		if held.ctrunc || len(held.fds) > 0 {
+			rep.protoErr = fmt.Errorf("%w: file descriptors from the new generation", ErrProtocol)
+		} else {
+			rep.add(held.m)
+		}
+	}
+	// What the child queued and the reader had not read yet (a failed
 	// message written just before it exited).
 	rest := readReport(ch)
 	rep.merge(rest)
@@ -193,19 +201,25 @@ func (g *Generation) converse(ch *channel, msgs <-chan recvResult, upErrC <-chan
 
 // startReader reads the channel in its own goroutine until stop (or an
 // error), so the parent can wait for a message and for tableflip at once.
-func startReader(ch *channel) (<-chan recvResult, func()) {
+// stop returns the message the reader had read and nobody took (nil:
+// none): a "failed" the child sent just before it exited may be that one.
+func startReader(ch *channel) (<-chan recvResult, func() *recvResult) {
 	out := make(chan recvResult)
 	quit := make(chan struct{})
 	done := make(chan struct{})
+	var held *recvResult // set before done is closed
 	go func() {
 		defer close(done)
 		defer close(out)
 		for {
 			m, fds, ctrunc, err := ch.recv(true, time.Time{})
+			r := recvResult{m: m, fds: fds, ctrunc: ctrunc, err: err}
 			select {
-			case out <- recvResult{m: m, fds: fds, ctrunc: ctrunc, err: err}:
+			case out <- r:
 			case <-quit:
-				closeFDs(fds)
+				if err == nil {
+					held = &r
+				}
 				return
 			}
 			if err != nil {
@@ -213,11 +227,12 @@ func startReader(ch *channel) (<-chan recvResult, func()) {
 			}
 		}
 	}()
-	return out, func() {
+	return out, func() *recvResult {
 		close(quit)
 		ch.interrupt() // ends a receive in progress, or about to start
 		<-done
 		ch.resume()
+		return held
 	}
 }
 

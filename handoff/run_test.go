@@ -139,13 +139,17 @@ func TestRunServesOnlyWhenReady(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	// Non-blocking: ENXIO, not a hang, if generation 2 is not reading.
-	w, err := os.OpenFile(release, os.O_WRONLY|unix.O_NONBLOCK, 0)
+	// Read and write: opening the FIFO so neither blocks nor fails
+	// (ENXIO) when generation 2 has not opened it yet; the byte waits in
+	// the FIFO, kept open until the upgrade's outcome, for its read.
+	w, err := os.OpenFile(release, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Write([]byte{1})
-	w.Close()
+	defer w.Close()
+	if _, err := w.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
 	up := d.upgradeResult(r1.pid)
 	if up.kind != "upgrade-failed" {
 		t.Fatalf("upgrade result %s, want a failure", up)

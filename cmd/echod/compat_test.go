@@ -17,14 +17,25 @@ import (
 // version 2: it speaks version 1 (ECHOD_HANDOFF and a status file).
 const previousRelease = "5e5aa0a8dae43a66fe08e828225293e7c04c6c74"
 
-// The previous release's echod, built once per test binary run into
-// binDir (removed by TestMain).
+// lastProtocol2Build is the last commit before live connections moved
+// without a duplicate descriptor and in batches: it speaks protocol 2, and
+// its parent side sends connections the way this build's child must still
+// take them.
+const lastProtocol2Build = "96ba251"
+
+// builds are the echods built from git, once each per test binary run,
+// into binDir (removed by TestMain), by commit.
 var (
-	prevOnce sync.Once
-	prevBin  string
-	prevSkip string // why it cannot be built here (no git, no such commit)
-	prevErr  error
+	buildsMu sync.Mutex
+	builds   = map[string]*gitBuild{}
 )
+
+type gitBuild struct {
+	once sync.Once
+	bin  string
+	skip string // why it cannot be built here (no git, no such commit)
+	err  error
+}
 
 // buildPreviousRelease returns the path of the previous release's echod
 // (version "previous"), built from git. It skips the test when git or the
@@ -32,17 +43,31 @@ var (
 // that fails otherwise fails the test.
 func buildPreviousRelease(t testing.TB) string {
 	t.Helper()
-	prevOnce.Do(func() { prevBin, prevSkip, prevErr = buildPrevious() })
-	if prevSkip != "" {
-		t.Skipf("cannot build the previous release (commit %s) to test compatibility with: %s", previousRelease, prevSkip)
-	}
-	if prevErr != nil {
-		t.Fatalf("build the previous release (commit %s): %v", previousRelease, prevErr)
-	}
-	return prevBin
+	return buildFromGit(t, previousRelease, "previous")
 }
 
-func buildPrevious() (bin, skip string, err error) {
+// buildFromGit returns the path of echod built at commit, with version
+// ver; it skips the test when git or the commit is not available.
+func buildFromGit(t testing.TB, commit, ver string) string {
+	t.Helper()
+	buildsMu.Lock()
+	b := builds[commit]
+	if b == nil {
+		b = &gitBuild{}
+		builds[commit] = b
+	}
+	buildsMu.Unlock()
+	b.once.Do(func() { b.bin, b.skip, b.err = buildCommit(commit, ver) })
+	if b.skip != "" {
+		t.Skipf("cannot build commit %s to test compatibility with: %s", commit, b.skip)
+	}
+	if b.err != nil {
+		t.Fatalf("build commit %s: %v", commit, b.err)
+	}
+	return b.bin
+}
+
+func buildCommit(commit, ver string) (bin, skip string, err error) {
 	if _, err := exec.LookPath("git"); err != nil {
 		return "", "git is not installed: " + err.Error(), nil
 	}
@@ -51,19 +76,19 @@ func buildPrevious() (bin, skip string, err error) {
 		return "", "not in a git checkout: " + cmdErr(err), nil
 	}
 	root := strings.TrimSpace(string(top))
-	if _, err := exec.Command("git", "-C", root, "cat-file", "-e", previousRelease+"^{commit}").Output(); err != nil {
+	if _, err := exec.Command("git", "-C", root, "cat-file", "-e", commit+"^{commit}").Output(); err != nil {
 		return "", "the repository has no such commit (a shallow clone?): " + cmdErr(err), nil
 	}
-	src := filepath.Join(binDir, "previous-src")
+	src := filepath.Join(binDir, "src-"+commit)
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		return "", "", err
 	}
-	archive := exec.Command("sh", "-c", `git -C "$1" archive "$2" | tar -x -C "$3"`, "sh", root, previousRelease, src)
+	archive := exec.Command("sh", "-c", `git -C "$1" archive "$2" | tar -x -C "$3"`, "sh", root, commit, src)
 	if out, err := archive.CombinedOutput(); err != nil {
 		return "", "", fmt.Errorf("git archive | tar: %w: %s", err, out)
 	}
-	bin = filepath.Join(binDir, "echod-previous")
-	build := exec.Command("go", "build", "-ldflags", "-X main.version=previous", "-o", bin, "./cmd/echod")
+	bin = filepath.Join(binDir, "echod-"+commit)
+	build := exec.Command("go", "build", "-ldflags", "-X main.version="+ver, "-o", bin, "./cmd/echod")
 	build.Dir = src
 	build.Env = append(os.Environ(), "GOWORK=off")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -313,4 +338,66 @@ func TestRollbackToPreviousReleaseIsRefused(t *testing.T) {
 	waitLoadProgress(t, "load under generation 2", ld, okBefore)
 	stopLoad(t, "TCP", ld)
 	in.pidFileNames(t, pid2)
+}
+
+// TestUpgradeFromLastProtocol2BuildMovesStreams: the build before this
+// change's hand-over rework (protocol 2, its parent side taking every
+// connection out at once and sending duplicates) is upgraded in place to
+// this build with 200 streams open and short connections running: every
+// stream moves (the reply says moved=200 at least), keeps its exact byte
+// sequence, and nothing fails; the next reloads, this build to itself and
+// back to the old build, move them again.
+func TestUpgradeFromLastProtocol2BuildMovesStreams(t *testing.T) {
+	const n = 200
+	old := buildFromGit(t, lastProtocol2Build, "protocol2")
+	bin := filepath.Join(t.TempDir(), "echod")
+	copyExec(t, old, bin)
+	in := startEchod(t, bin, "-listen", "127.0.0.1:0", "-drain-timeout", "5m")
+	if l := in.startingLine(1); !strings.Contains(l, "version=protocol2") {
+		t.Fatalf("generation 1 is not the build %s: %q", lastProtocol2Build, l)
+	}
+	st, err := startStreams("tcp", in.addrs[0], n, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	ld := startLoad("tcp", in.addrs[0], 2)
+	t.Cleanup(func() { ld.stop() })
+	waitRounds(t, st, n)
+	copyExec(t, echodBin(t), bin)
+	for gen := 2; gen <= 4; gen++ {
+		ans, err := in.reload()
+		if err != nil {
+			t.Fatalf("reload to generation %d: %v\n%s", gen, err, in.log)
+		}
+		// The streams, and the short connections open at that moment.
+		m := movedRe.FindStringSubmatch(ans)
+		if m == nil {
+			t.Fatalf("reload to generation %d answered %q, want moved= and draining=", gen, ans)
+		}
+		if moved, _ := strconv.Atoi(m[1]); moved < n || m[2] != "0" {
+			t.Fatalf("reload to generation %d answered %q, want at least moved=%d and draining=0", gen, ans, n)
+		}
+		waitRounds(t, st, n)
+		if gen == 3 {
+			// And back: this build hands over to the old one (same
+			// protocol, so a rollback is allowed).
+			copyExec(t, old, bin)
+		}
+	}
+	if l := in.startingLine(2); strings.Contains(l, "version=protocol2") {
+		t.Fatalf("generation 2 is the old build: %q", l)
+	}
+	ok, failed, errs := ld.stop()
+	st.close()
+	if f := st.failures(); len(f) > 0 {
+		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
+	}
+	if failed > 0 || ok == 0 {
+		t.Fatalf("short connections: %d ok, %d failed: %v", ok, failed, errs)
+	}
+	if l := in.startingLine(4); !strings.Contains(l, "version=protocol2") {
+		t.Fatalf("generation 4 is not the old build: %q", l)
+	}
+	t.Logf("%s → this build → this build → %[1]s with %d streams: %d verified round trips, %d short connections ok", lastProtocol2Build, n, st.rounds.Load(), ok)
 }
