@@ -133,6 +133,24 @@ func (s *Server) Detach(ctx context.Context) ([]DetachedConn, error) {
 // its state, a fresh context) at once. It returns no connection, and a nil
 // error, once there is none left to take.
 func (s *Server) DetachN(ctx context.Context, n int) ([]DetachedConn, error) {
+	return s.detach(ctx, n, nil)
+}
+
+// DetachConns is [Server.Detach] for the connections of conns that the
+// server still serves (others, closed meanwhile or never its own, are left
+// out): a caller that copied the connections' descriptors elsewhere
+// beforehand (see [Server.Conns]) moves them a batch at a time, each
+// paused only for its own batch. Like DetachN it cancels every handler's
+// context and interrupts the I/O of its connections only.
+func (s *Server) DetachConns(ctx context.Context, conns []net.Conn) ([]DetachedConn, error) {
+	if len(conns) == 0 {
+		return nil, nil
+	}
+	return s.detach(ctx, len(conns), conns)
+}
+
+// detach takes out up to n connections: those of only, when it is not nil.
+func (s *Server) detach(ctx context.Context, n int, only []net.Conn) ([]DetachedConn, error) {
 	s.detachMu.Lock()
 	defer s.detachMu.Unlock()
 
@@ -147,7 +165,7 @@ func (s *Server) DetachN(ctx context.Context, n int) ([]DetachedConn, error) {
 	}
 
 	start := time.Now()
-	r, err := s.startRound(n)
+	r, err := s.startRound(n, only)
 	if r == nil {
 		return nil, err
 	}
@@ -174,9 +192,10 @@ func (s *Server) DetachN(ctx context.Context, n int) ([]DetachedConn, error) {
 }
 
 // startRound cancels the handlers' context with cause ErrDetach, makes up
-// to n connections (n <= 0: every one) part of a new round and interrupts
-// their I/O. It returns nil when there is nothing to take out.
-func (s *Server) startRound(n int) (*round, error) {
+// to n connections (n <= 0: every one; those of only that are tracked,
+// when only is not nil) part of a new round and interrupts their I/O. It
+// returns nil when there is nothing to take out.
+func (s *Server) startRound(n int, only []net.Conn) (*round, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conns == nil {
@@ -188,20 +207,35 @@ func (s *Server) startRound(n int) (*round, error) {
 	if n <= 0 || n > len(s.conns) {
 		n = len(s.conns)
 	}
-	r := &round{pending: n, answered: make(chan struct{}), members: make([]net.Conn, 0, n)}
+	r := &round{answered: make(chan struct{}), members: make([]net.Conn, 0, n)}
+	// A connection left over from an earlier round that expired (its
+	// handler has not answered yet) joins this one.
+	if only == nil {
+		for c := range s.conns {
+			if len(r.members) == n {
+				break
+			}
+			s.conns[c] = r
+			r.members = append(r.members, c)
+		}
+	} else {
+		for _, c := range only {
+			if cur, ok := s.conns[c]; ok && cur != r && len(r.members) < n {
+				s.conns[c] = r
+				r.members = append(r.members, c)
+			}
+		}
+		if len(r.members) == 0 {
+			return nil, nil
+		}
+	}
+	r.pending = len(r.members)
 	cancel := s.hcancel
 	s.hctx, s.hcancel = context.WithCancelCause(s.ctx)
 	// The context first, then the deadlines: a handler that sets a
 	// deadline of its own and then checks its context cannot miss both.
 	cancel(ErrDetach)
-	for c := range s.conns {
-		if len(r.members) == n {
-			break
-		}
-		// A connection left over from an earlier round that expired
-		// (its handler has not answered yet) joins this one.
-		s.conns[c] = r
-		r.members = append(r.members, c)
+	for _, c := range r.members {
 		// Under mu: a handler resumed in place had its deadlines
 		// cleared under mu too, before it started, so this one holds.
 		_ = c.SetDeadline(aLongTimeAgo) // fails only once c is closed: its handler ends anyway

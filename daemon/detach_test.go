@@ -282,6 +282,53 @@ func TestDetachNBatches(t *testing.T) {
 	}
 }
 
+// TestDetachConns: DetachConns takes out exactly the connections named
+// that the server serves (one named twice once, one already taken out
+// not at all), and leaves every other served: they go on echoing.
+func TestDetachConns(t *testing.T) {
+	const n = 40
+	a := start(t, daemon.Config{}, "tcp")
+	streams := warmStreams(t, a, n)
+	b := daemon.New(daemon.Config{})
+	t.Cleanup(func() { closeWithin(t, b) })
+	live := a.srv.Conns(0)
+	if len(live) != n {
+		t.Fatalf("Conns(0) = %d connections, want %d", len(live), n)
+	}
+	pick := append(live[:10:10], live[3], live[5])
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	first, err := a.srv.DetachConns(ctx, pick)
+	if err != nil || len(first) != 10 {
+		closeDetached(first)
+		t.Fatalf("DetachConns(10 named, 2 of them twice) = %d connections, %v; want 10", len(first), err)
+	}
+	want := map[net.Conn]bool{}
+	for _, c := range live[:10] {
+		want[c] = true
+	}
+	for _, d := range first {
+		if !want[d.Conn] {
+			t.Fatalf("DetachConns returned a connection it was not given")
+		}
+		delete(want, d.Conn)
+	}
+	again, err := a.srv.DetachConns(ctx, append(live[:10:10], live[10]))
+	if err != nil || len(again) != 1 || again[0].Conn != live[10] {
+		t.Fatalf("DetachConns of 10 taken out and 1 served = %d connections, %v; want the served one", len(again), err)
+	}
+	if st := a.srv.Stats(); st.Active != n-11 || st.Detached != 11 {
+		t.Fatalf("old server Stats = %+v, want Active %d, Detached 11", st, n-11)
+	}
+	adopt(t, b, append(first, again...))
+	// Every stream, moved or not, still echoes every byte.
+	total := endStreams(t, streams)
+	waitStats(t, b, "the moved streams to end", func(st daemon.Stats) bool { return st.Closed == 11 })
+	if got := a.srv.Stats().Bytes + b.Stats().Bytes; got != total {
+		t.Errorf("servers echoed %d bytes, clients wrote %d", got, total)
+	}
+}
+
 // pattern returns n bytes of a sequence that does not repeat within 251
 // bytes, from offset off on.
 func pattern(off, n int) []byte {

@@ -71,3 +71,74 @@ func ExampleServer_Detach() {
 	// echoed: after the move
 	// old: 1 detached, 0 active; new: 1 adopted, 1 active
 }
+
+// DetachConns moves named connections, so that a caller that copied
+// their descriptors elsewhere beforehand (as handoff's staged hand-over
+// does) moves them a batch at a time, the others served on meanwhile.
+func ExampleServer_DetachConns() {
+	old := daemon.New(daemon.Config{})
+	defer old.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	go func() { _ = old.Serve(ln) }()
+
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			panic(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c
+	}
+	say := func(c net.Conn, msg string) {
+		buf := make([]byte, len(msg))
+		if _, err := io.WriteString(c, msg); err != nil {
+			fmt.Println(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			fmt.Println(err)
+		}
+		fmt.Printf("echoed: %s\n", buf)
+	}
+	a, b := dial(), dial()
+	defer a.Close()
+	defer b.Close()
+	say(a, "a, before")
+	say(b, "b, before")
+
+	// The server's side of a.
+	var pick []net.Conn
+	for _, sc := range old.Conns(0) {
+		if sc.RemoteAddr().String() == a.LocalAddr().String() {
+			pick = append(pick, sc)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conns, err := old.DetachConns(ctx, pick)
+	fmt.Println("detached:", len(conns), err)
+
+	next := daemon.New(daemon.Config{})
+	defer next.Close()
+	for _, d := range conns {
+		if err := next.Adopt(d.Conn, d.State); err != nil {
+			fmt.Println(err)
+			d.Conn.Close()
+		}
+	}
+	say(a, "a, moved")
+	say(b, "b, stayed")
+
+	o, n := old.Stats(), next.Stats()
+	fmt.Printf("old: %d detached, %d active; new: %d adopted, %d active\n", o.Detached, o.Active, n.Adopted, n.Active)
+	// Output:
+	// echoed: a, before
+	// echoed: b, before
+	// detached: 1 <nil>
+	// echoed: a, moved
+	// echoed: b, stayed
+	// old: 1 detached, 1 active; new: 1 adopted, 1 active
+}

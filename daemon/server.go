@@ -83,7 +83,7 @@ type Server struct {
 	// since holds when each connection in conns began to be served here
 	// (unix nanoseconds; 0 for an adopted one: it lived elsewhere first).
 	since map[net.Conn]int64
-	live  int // connections whose goroutine has not ended, also after Close
+	live  int           // connections whose goroutine has not ended, also after Close
 	idle  chan struct{} // closed when live drops to 0; nil while nobody waits
 	// hctx is the context given to the handlers started from now on; a
 	// child of ctx that Detach cancels with cause ErrDetach and replaces.

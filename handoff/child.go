@@ -89,7 +89,7 @@ func (l *parentLink) ready(stored []string, adopts bool) error {
 	if l.version == 1 {
 		return writeStatusFile(l.status, "ok "+strconv.Itoa(os.Getpid()))
 	}
-	return l.ch.send(msgReady, ready{Stored: stored, Adopts: adopts})
+	return l.ch.send(msgReady, ready{Stored: stored, Adopts: adopts, Staged: adopts})
 }
 
 // fail tells the parent why this generation will not become ready. Best

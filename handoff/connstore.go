@@ -230,7 +230,7 @@ func (g *Generation) snapshotConns(conns []net.Conn, seq int) ([]string, error) 
 		// number reused by another file is never sent (a duplicate each
 		// would double the descriptors this process holds). Not while a
 		// full queue is stored: a connection closing here would wait.
-		holdFDs(conns[start:min(start+maxFDsPerMessage, len(conns))], nil, func(fds []int) {
+		holdConns(conns[start:min(start+maxFDsPerMessage, len(conns))], nil, nil, func(_ []net.Conn, fds []int) {
 			if len(fds) > 0 {
 				full, serr = w.bare(fds)
 			}
@@ -252,24 +252,25 @@ func (g *Generation) snapshotConns(conns []net.Conn, seq int) ([]string, error) 
 	return w.names, nil
 }
 
-// holdFDs calls f with the descriptors of conns, each held by its
+// holdConns calls f with the connections of conns that have a descriptor
+// and are not closed, and their descriptors, each held by its
 // connection's Control (so not closed, nor its number reused, before f
-// returns); a connection closed already, or without one, is left out.
-func holdFDs(conns []net.Conn, fds []int, f func(fds []int)) {
+// returns). held and fds are what it appends to.
+func holdConns(conns, held []net.Conn, fds []int, f func(held []net.Conn, fds []int)) {
 	if len(conns) == 0 {
-		f(fds)
+		f(held, fds)
 		return
 	}
-	held := false
-	if sc, ok := conns[0].(syscall.Conn); ok {
+	ok := false
+	if sc, is := conns[0].(syscall.Conn); is {
 		if rc, err := sc.SyscallConn(); err == nil {
-			held = rc.Control(func(s uintptr) {
-				holdFDs(conns[1:], append(fds, int(s)), f)
+			ok = rc.Control(func(s uintptr) {
+				holdConns(conns[1:], append(held, conns[0]), append(fds, int(s)), f)
 			}) == nil
 		}
 	}
-	if !held {
-		holdFDs(conns[1:], fds, f)
+	if !ok {
+		holdConns(conns[1:], held, fds, f)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -300,9 +301,9 @@ func TestConnStoreSnapshotAndStopTakenOnce(t *testing.T) {
 	}
 }
 
-// TestHoldFDs: the descriptors of open connections, in order; a closed
-// one and one without a descriptor are left out.
-func TestHoldFDs(t *testing.T) {
+// TestHoldConns: the open connections and their descriptors, in order; a
+// closed one and one without a descriptor are left out.
+func TestHoldConns(t *testing.T) {
 	var conns []net.Conn
 	var want []int
 	for i := range 4 {
@@ -328,8 +329,13 @@ func TestHoldFDs(t *testing.T) {
 	defer b.Close()
 	conns = append(conns, a)
 	var got []int
-	holdFDs(conns, nil, func(fds []int) { got = append(got, fds...) })
+	var gotConns []net.Conn
+	holdConns(conns, nil, nil, func(held []net.Conn, fds []int) { gotConns, got = held, fds })
 	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("holdFDs gave %v, want %v", got, want)
+		t.Fatalf("holdConns gave fds %v, want %v", got, want)
+	}
+	wantConns := []net.Conn{conns[0], conns[1], conns[3]}
+	if !slices.Equal(gotConns, wantConns) {
+		t.Fatalf("holdConns gave connections %v, want %v", gotConns, wantConns)
 	}
 }

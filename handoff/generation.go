@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"runtime/debug"
 	"strconv"
@@ -277,7 +278,7 @@ func (g *Generation) Ready() error {
 	restoring := len(g.connQueues) > 0
 	g.mu.Unlock()
 	restoreGC := holdGC(g.link != nil || restoring)
-	pending, err := g.commit(stored)
+	pending, staged, err := g.commit(stored)
 	if err != nil {
 		restoreGC()
 		g.mu.Lock()
@@ -301,11 +302,25 @@ func (g *Generation) Ready() error {
 		}
 		g.dropParentStored()
 	}
-	if g.link != nil {
-		g.link.close()
+	res := g.serveAdopted(pending)
+	if len(staged) > 0 {
+		// A staged hand-over: the connections come after the commit, each
+		// batch served as its states arrive (staged.go). The collector
+		// stays off meanwhile, for a bounded time.
+		gcTimer := time.AfterFunc(stagedGCHold, restoreGC)
+		go g.rollIn(g.link, staged, func(r HandOverResult) {
+			gcTimer.Stop()
+			restoreGC()
+			r.Lost += res.Lost
+			g.adoptEnded(r)
+		})
+	} else {
+		if g.link != nil {
+			g.link.close()
+		}
+		restoreGC()
+		g.adoptEnded(res)
 	}
-	g.serveAdopted(pending)
-	restoreGC()
 	ctx, cancel := context.WithCancel(context.Background())
 	g.mu.Lock()
 	g.cancel = cancel
@@ -314,6 +329,11 @@ func (g *Generation) Ready() error {
 		defer close(g.waitDone)
 		if err := g.upg.WaitForParent(ctx); err != nil && ctx.Err() == nil {
 			g.logger().Warn("previous generation misbehaved while exiting", "err", err)
+		}
+		// An upgrade also waits for the connections still coming over.
+		select {
+		case <-g.adoptDone:
+		case <-ctx.Done():
 		}
 	}()
 	go g.run()
@@ -325,40 +345,40 @@ func (g *Generation) Ready() error {
 // (held, not served), and then tableflip's readiness byte. On error
 // nothing is committed and the connections taken are closed (the parent
 // still has them).
-func (g *Generation) commit(stored []string) ([]adoptedConn, error) {
+func (g *Generation) commit(stored []string) (pending []adoptedConn, staged []net.Conn, err error) {
 	if g.link == nil && g.opts.PIDFile != "" {
 		if err := writeAtomic(g.opts.PIDFile, strconv.Itoa(os.Getpid())+"\n"); err != nil {
-			return nil, fmt.Errorf("handoff: PID file: %w", err)
+			return nil, nil, fmt.Errorf("handoff: PID file: %w", err)
 		}
 	}
-	var pending []adoptedConn
 	if g.link != nil {
 		g.mu.Lock()
 		adopt := g.adopt
 		g.mu.Unlock()
 		adopts := adopt != nil && g.link.version == protoVersion
 		if err := g.link.ready(stored, adopts); err != nil {
-			return nil, fmt.Errorf("handoff: tell the previous generation: %w", err)
+			return nil, nil, fmt.Errorf("handoff: tell the previous generation: %w", err)
 		}
 		if adopts {
-			var err error
-			pending, err = g.link.receiveConns(adopt.room)
+			pending, staged, err = g.link.receiveConns(adopt.room)
 			if err != nil {
 				closeAdopted(pending)
-				return nil, fmt.Errorf("handoff: taking over connections: %w", err)
+				closeConns(staged)
+				return nil, nil, fmt.Errorf("handoff: taking over connections: %w", err)
 			}
 		}
 	}
 	if err := g.upg.Ready(); err != nil {
 		closeAdopted(pending)
-		return nil, fmt.Errorf("handoff: %w", err)
+		closeConns(staged)
+		return nil, nil, fmt.Errorf("handoff: %w", err)
 	}
 	if g.link == nil {
 		// A first generation, committed: the connections a stopped
 		// process of the service left in the fd store, if any.
 		pending = g.restoreStored()
 	}
-	return pending, nil
+	return pending, staged, nil
 }
 
 // holdGC turns the garbage collector off (when on is true) until the
@@ -383,13 +403,34 @@ func closeAdopted(cs []adoptedConn) {
 	}
 }
 
+func closeConns(cs []net.Conn) {
+	for _, c := range cs {
+		c.Close()
+	}
+}
+
+// stagedGCHold bounds how long the collector stays off in a new
+// generation while a staged hand-over goes on after its commit.
+const stagedGCHold = 2 * time.Second
+
+// adoptEnded records what the previous generation handed over, and says
+// it ended (Adopted).
+func (g *Generation) adoptEnded(res HandOverResult) {
+	g.mu.Lock()
+	g.adopted = res
+	g.mu.Unlock()
+	close(g.adoptDone)
+}
+
 // serveAdopted serves, after the commit, the connections taken over.
-func (g *Generation) serveAdopted(pending []adoptedConn) {
-	defer close(g.adoptDone)
+func (g *Generation) serveAdopted(pending []adoptedConn) HandOverResult {
+	res := HandOverResult{}
+	if len(pending) == 0 {
+		return res
+	}
 	g.mu.Lock()
 	adopt := g.adopt
 	g.mu.Unlock()
-	res := HandOverResult{}
 	for _, p := range pending {
 		if err := adopt.fn(p.c, p.state); err != nil {
 			// Ours now, and refused: nothing else can serve it.
@@ -400,9 +441,7 @@ func (g *Generation) serveAdopted(pending []adoptedConn) {
 		}
 		res.Moved++
 	}
-	g.mu.Lock()
-	g.adopted = res
-	g.mu.Unlock()
+	return res
 }
 
 // WaitForParent blocks until the previous generation has exited, or ctx

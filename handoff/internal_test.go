@@ -169,8 +169,8 @@ func TestChannelClosesFDsOfBadMessages(t *testing.T) {
 // FuzzDecodeMessage: whatever a packet holds, decoding never panics, and
 // what decodes re-encodes to the same frame.
 func FuzzDecodeMessage(f *testing.F) {
-	for _, t := range []msgType{msgOffer, msgHello, msgReady, msgFailed, msgConns, msgAccept, msgDone} {
-		b, _ := encodeMessage(t, map[string]any{"generation": 2, "pid": 9, "reason": "x", "stored": []string{"a"}, "batch": 1, "taken": 3, "conns": []map[string]any{{"state": []byte("st"), "remote": "r"}}})
+	for _, t := range []msgType{msgOffer, msgHello, msgReady, msgFailed, msgConns, msgAccept, msgDone, msgResume, msgEnd} {
+		b, _ := encodeMessage(t, map[string]any{"generation": 2, "pid": 9, "reason": "x", "stored": []string{"a"}, "batch": 1, "taken": 3, "staged": true, "moved": 4, "conns": []map[string]any{{"id": 3, "state": []byte("st"), "remote": "r"}}})
 		f.Add(b)
 	}
 	f.Add([]byte("EHND\x02\x01null"))
@@ -183,7 +183,7 @@ func FuzzDecodeMessage(f *testing.F) {
 		if !json.Valid(m.Body) || m.Version != protoVersion {
 			t.Fatalf("accepted %q", b)
 		}
-		for _, v := range []any{&offer{}, &hello{}, &ready{}, &failed{}, &connsMsg{}, &acceptMsg{}, &doneMsg{}} {
+		for _, v := range []any{&offer{}, &hello{}, &ready{}, &failed{}, &connsMsg{}, &acceptMsg{}, &doneMsg{}, &resumeMsg{}, &endMsg{}} {
 			_ = decodeBody(m, v)
 		}
 	})
@@ -226,7 +226,7 @@ func TestHandOverWithinRoom(t *testing.T) {
 	done := make(chan childResult, 1)
 	go func() {
 		l := &parentLink{version: protoVersion, ch: childEnd}
-		got, err := l.receiveConns(func() int { return room })
+		got, _, err := l.receiveConns(func() int { return room })
 		done <- childResult{got, err}
 	}()
 	msgs, stop := startReader(parentEnd)

@@ -46,6 +46,21 @@ type Migrator interface {
 	Adopt(c net.Conn, state []byte) error
 }
 
+// Stager is a Migrator that lists its live connections and takes named
+// ones out: with it the hand-over is staged (a copy of every connection
+// moves before the commit while it is served on, and each batch is taken
+// out and resumed in the new generation after it), so a stream pauses
+// only while its own batch moves, instead of for the whole hand-over.
+// *daemon.Server is one.
+type Stager interface {
+	Migrator
+	// Conns lists the live connections served at least minAge.
+	Conns(minAge time.Duration) []net.Conn
+	// DetachConns is DetachN for the connections of conns the server
+	// still serves.
+	DetachConns(ctx context.Context, conns []net.Conn) ([]daemon.DetachedConn, error)
+}
+
 // Config configures [Run].
 type Config struct {
 	// Options configure the generation. Run adds its own Hooks (the
@@ -209,7 +224,7 @@ func (r *runner) start() error {
 			room = func() int { return min(fdRoom(), rs.Room()) }
 		}
 		r.g.AcceptConns(m.Adopt, room)
-		r.g.MigrateWith(Migration{
+		mig := Migration{
 			// No copy against a crash is renewed during a hand-over: the
 			// copy and the hand-over's batches would count twice against
 			// the descriptors this user may have in flight.
@@ -217,7 +232,12 @@ func (r *runner) start() error {
 			Resume: func() { r.serveAll(); r.snapHold.Store(false) },
 			Detach: m.DetachN,
 			Adopt:  m.Adopt,
-		})
+		}
+		if st, ok := srv.(Stager); ok {
+			mig.Live = func() []net.Conn { return st.Conns(0) }
+			mig.DetachConns = st.DetachConns
+		}
+		r.g.MigrateWith(mig)
 	}
 	if err := r.g.Ready(); err != nil {
 		closeAll(ls)

@@ -49,6 +49,9 @@ const (
 type connsMsg struct {
 	Batch int         `json:"batch"`
 	Conns []connState `json:"conns"`
+	// Staged: copies the parent serves on until their states come after
+	// the commit (staged.go); the states here are empty.
+	Staged bool `json:"staged,omitempty"`
 }
 
 type connState struct {
@@ -65,7 +68,8 @@ type acceptMsg struct {
 }
 
 type doneMsg struct {
-	Sent int `json:"sent"` // connections the parent sent
+	Sent   int  `json:"sent"`             // connections the parent sent
+	Staged bool `json:"staged,omitempty"` // as copies: states follow the commit
 }
 
 // maxBatchBody bounds the states carried in one conns message, so the
@@ -143,7 +147,18 @@ type Migration struct {
 	// Adopt serves a connection again: one the new generation did not
 	// take, or all of them after a failed upgrade.
 	Adopt func(c net.Conn, state []byte) error
+	// Live and DetachConns, when both are set, make the hand-over staged
+	// (staged.go) with a new generation that can take it: a copy of each
+	// connection Live lists moves before the commit, while it is served
+	// on, and DetachConns takes the copied ones out a batch at a time
+	// after it (daemon's Server.Conns(0) and DetachConns), so a stream
+	// pauses only while its own batch moves.
+	Live        func() []net.Conn
+	DetachConns func(ctx context.Context, conns []net.Conn) ([]daemon.DetachedConn, error)
 }
+
+// staged reports whether m can run the staged hand-over.
+func (m *Migration) staged() bool { return m != nil && m.Live != nil && m.DetachConns != nil }
 
 // HandOverResult tells how a hand-over went.
 type HandOverResult struct {
@@ -309,14 +324,19 @@ func (u *upgradeEnded) Error() string {
 // the sent connections are the new generation's (this process closes its
 // descriptors, once the rest is done) and the kept ones are served here
 // again; on failure every one is served here again and accepting resumes.
-func (g *Generation) settle(success bool, sent, kept []daemon.DetachedConn, paused time.Time, detachT time.Duration, herr error) {
+func (g *Generation) settle(success bool, rep *childReport, ch *channel) {
 	g.mu.Lock()
 	m := g.migration
 	g.mu.Unlock()
 	if m == nil {
 		return
 	}
-	res := HandOverResult{Err: herr, Detach: detachT}
+	if rep.staged {
+		g.settleStaged(m, success, rep, ch)
+		return
+	}
+	sent, kept, paused, herr := rep.sent, rep.kept, rep.paused, rep.handOverErr
+	res := HandOverResult{Err: herr, Detach: rep.detach}
 	back := kept
 	if success {
 		res.Moved = len(sent)
@@ -350,8 +370,50 @@ func (g *Generation) settle(success bool, sent, kept []daemon.DetachedConn, paus
 		g.mu.Unlock()
 	}
 	if len(sent)+len(kept) > 0 || herr != nil {
-		g.logger().Info("connection hand-over", "upgrade_succeeded", success, "moved", res.Moved, "kept", res.Kept, "lost", res.Lost, "took", res.Took.Round(time.Microsecond), "detach", res.Detach.Round(time.Microsecond), "err", herr)
+		g.logHandOver(success, false, res)
 	}
+}
+
+// settleStaged ends a staged hand-over (staged.go): on success the staged
+// connections move, a batch at a time; on failure nothing was taken out of
+// the server (the child's copies die with it) and accepting resumes.
+func (g *Generation) settleStaged(m *Migration, success bool, rep *childReport, ch *channel) {
+	var res HandOverResult
+	var moved []net.Conn
+	committed := time.Now()
+	if success {
+		res, moved = g.rollOut(m, ch, rep.stagedConns)
+	} else {
+		m.Resume()
+		res.Err = rep.handOverErr
+	}
+	res.Took = time.Since(rep.paused)
+	moving := time.Since(committed)
+	for _, c := range moved {
+		c.Close() // the new generation's now; no shutdown
+	}
+	// Whatever did not move is served here: it drains, or is served on.
+	res.Kept = len(m.Live())
+	if success {
+		g.mu.Lock()
+		g.lastHand = res
+		g.mu.Unlock()
+	}
+	if len(rep.stagedConns)+res.Kept > 0 || res.Err != nil {
+		copied := rep.copied
+		if copied.IsZero() {
+			copied = committed
+		}
+		// The parts: copying the descriptors (before the commit, every
+		// connection served on), the commit, and moving them after it.
+		g.logHandOver(success, true, res, "copy", copied.Sub(rep.paused).Round(time.Microsecond), "commit", committed.Sub(copied).Round(time.Microsecond), "move", moving.Round(time.Microsecond))
+	}
+}
+
+func (g *Generation) logHandOver(success, staged bool, res HandOverResult, more ...any) {
+	args := []any{"upgrade_succeeded", success, "staged", staged, "moved", res.Moved, "kept", res.Kept, "lost", res.Lost, "took", res.Took.Round(time.Microsecond), "detach", res.Detach.Round(time.Microsecond)}
+	args = append(append(args, more...), "err", res.Err)
+	g.logger().Info("connection hand-over", args...)
 }
 
 // batchOf returns how many of conns go in the next batch and its body.
@@ -416,10 +478,11 @@ func fdConns(fds []int) []net.Conn {
 
 // receiveConns runs in a new generation that adopts connections, after
 // its ready and before its commit: it takes the batches its parent sends,
-// within room (asked once, at the start), until done. It serves none: they are the parent's until
-// the commit. An error means no commit: the caller closes what it got.
-func (l *parentLink) receiveConns(room func() int) ([]adoptedConn, error) {
-	var got []adoptedConn
+// within room (asked once, at the start), until done. It serves none:
+// they are the parent's until the commit. Those of a staged hand-over
+// (staged.go) are returned in staged, in the order they are numbered. An
+// error means no commit: the caller closes what it got.
+func (l *parentLink) receiveConns(room func() int) (got []adoptedConn, staged []net.Conn, err error) {
 	full := false
 	// Asked once: until the commit this process accepts nothing else, so
 	// its room shrinks only by what it takes (and counting open fds is
@@ -431,24 +494,24 @@ func (l *parentLink) receiveConns(room func() int) ([]adoptedConn, error) {
 			if errors.Is(err, errEOF) {
 				err = errors.New("handoff: the previous generation closed the channel during the hand-over")
 			}
-			return got, err
+			return got, staged, err
 		}
 		switch m.Type {
 		case msgDone:
 			closeFDs(fds)
-			return got, nil
+			return got, staged, nil
 		case msgConns:
 		default:
 			closeFDs(fds)
-			return got, fmt.Errorf("%w: unexpected %s during the hand-over", ErrProtocol, m.Type)
+			return got, staged, fmt.Errorf("%w: unexpected %s during the hand-over", ErrProtocol, m.Type)
 		}
 		var b connsMsg
-		if err := decodeBody(m, &b); err != nil || len(fds) > len(b.Conns) {
+		if err := decodeBody(m, &b); err != nil || len(fds) > len(b.Conns) || (b.Staged && len(got) > 0) || (!b.Staged && len(staged) > 0) {
 			closeFDs(fds)
 			if err == nil {
-				err = fmt.Errorf("%w: %d fds for %d states", ErrProtocol, len(fds), len(b.Conns))
+				err = fmt.Errorf("%w: %d fds for %d states, staged %v after %d staged and %d not", ErrProtocol, len(fds), len(b.Conns), b.Staged, len(staged), len(got))
 			}
-			return got, err
+			return got, staged, err
 		}
 		// Take a prefix: what arrived (MSG_CTRUNC cuts the tail), within
 		// room, and what becomes a connection.
@@ -460,14 +523,18 @@ func (l *parentLink) receiveConns(room func() int) ([]adoptedConn, error) {
 		}
 		conns := fdConns(fds[:limit])
 		closeFDs(fds[limit:])
-		for i, c := range conns {
-			got = append(got, adoptedConn{c: c, state: b.Conns[i].State})
+		if b.Staged {
+			staged = append(staged, conns...)
+		} else {
+			for i, c := range conns {
+				got = append(got, adoptedConn{c: c, state: b.Conns[i].State})
+			}
 		}
 		taken := len(conns)
 		left -= taken
 		full = full || ctrunc || taken < len(b.Conns)
 		if err := l.ch.send(msgAccept, acceptMsg{Batch: b.Batch, Taken: taken, Full: full}); err != nil {
-			return got, err
+			return got, staged, err
 		}
 		if afterAccept != nil {
 			afterAccept(b.Batch)

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -27,6 +28,10 @@ type childReport struct {
 	sent, kept  []daemon.DetachedConn
 	detach      time.Duration
 	handOverErr error
+	// A staged hand-over (staged.go): the copies the child took.
+	staged      bool
+	stagedConns []net.Conn
+	copied      time.Time // the copies were all sent (done)
 }
 
 // add records message m.
@@ -126,7 +131,7 @@ func (g *Generation) exec() (Result, error) {
 	// message written just before it exited).
 	rest := readReport(ch)
 	rep.merge(rest)
-	g.settle(upErr == nil, rep.sent, rep.kept, rep.paused, rep.detach, rep.handOverErr)
+	g.settle(upErr == nil, &rep, ch)
 
 	if upErr == nil {
 		res := Result{Generation: g.gen + 1}
@@ -182,8 +187,19 @@ func (g *Generation) converse(ch *channel, msgs <-chan recvResult, upErrC <-chan
 			}
 			if r.m.Type == msgReady && rep.ready.Adopts {
 				rep.paused = time.Now()
-				sent, kept, detachT, err := g.handOver(ch, msgs, upErrC)
-				rep.sent, rep.kept, rep.detach, rep.handOverErr = sent, kept, detachT, err
+				g.mu.Lock()
+				m := g.migration
+				g.mu.Unlock()
+				var err error
+				if rep.ready.Staged && m.staged() {
+					rep.staged = true
+					m.Pause()
+					rep.stagedConns, err = g.stageConns(m, ch, msgs, upErrC)
+					rep.copied = time.Now()
+				} else {
+					rep.sent, rep.kept, rep.detach, err = g.handOver(ch, msgs, upErrC)
+				}
+				rep.handOverErr = err
 				var ended *upgradeEnded
 				if errors.As(err, &ended) {
 					return rep, ended.err, true

@@ -48,7 +48,11 @@ import (
 //
 // A child that adopts live connections says so in its ready message;
 // before it commits, the parent hands them over (see migrate.go): conns,
-// accept, done.
+// accept, done. A child that also says "staged" (a later addition to
+// version 2: a release without it ignores the field and gets the plain
+// hand-over) gets copies before the commit and each connection's state
+// after it (staged.go): conns (staged), accept, done, then resume and
+// end.
 //
 // The parent reads the channel once tableflip's Upgrade has returned: a
 // version 2 child always queued its hello (and ready or failed) before
@@ -104,6 +108,10 @@ func (t msgType) String() string {
 		return "accept"
 	case msgDone:
 		return "done"
+	case msgResume:
+		return "resume"
+	case msgEnd:
+		return "end"
 	}
 	return fmt.Sprintf("type %d", byte(t))
 }
@@ -136,6 +144,9 @@ type hello struct {
 type ready struct {
 	Stored []string `json:"stored,omitempty"`
 	Adopts bool     `json:"adopts,omitempty"`
+	// Staged says it takes the staged hand-over (staged.go); a release
+	// without it gets the plain one.
+	Staged bool `json:"staged,omitempty"`
 }
 
 // failed carries the child's reason.
@@ -177,7 +188,7 @@ func decodeMessage(b []byte) (message, error) {
 		return message{}, fmt.Errorf("%w: protocol version %d, this release speaks %d", ErrProtocol, m.Version, protoVersion)
 	}
 	switch m.Type {
-	case msgOffer, msgHello, msgReady, msgFailed, msgConns, msgAccept, msgDone:
+	case msgOffer, msgHello, msgReady, msgFailed, msgConns, msgAccept, msgDone, msgResume, msgEnd:
 	default:
 		return message{}, fmt.Errorf("%w: unknown message %s", ErrProtocol, m.Type)
 	}

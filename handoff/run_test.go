@@ -80,11 +80,12 @@ func runLifecycleDaemon() {
 			handoff.BreakChannelForTest(g)
 		})
 	}
-	if b, err := os.ReadFile(os.Getenv(failFileEnv)); err == nil && strings.TrimSpace(string(b)) == "die-mid-takeover" {
+	if b, err := os.ReadFile(os.Getenv(failFileEnv)); err == nil && strings.TrimSpace(string(b)) == "hold-mid-takeover" {
 		handoff.SetAfterAcceptForTest(func(batch int) {
 			if batch == 2 {
-				emit("failing", "mode=die-mid-takeover")
-				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				// Holds what it took, uncommitted, until the test kills it.
+				emit("failing", "mode=hold-mid-takeover")
+				select {}
 			}
 		})
 	}
@@ -213,10 +214,13 @@ func TestLostReadyReportDoesNotCommit(t *testing.T) {
 	}
 }
 
-// TestMigrationSurvivesChildKilledMidTakeover: the new generation dies
-// (SIGKILL) in the middle of taking over 1,000 connections: none is lost,
-// generation 1 serves every one of them again and accepts again, and the
-// next reload moves them all.
+// TestMigrationSurvivesChildKilledMidTakeover: the new generation stops in
+// the middle of taking over 1,000 connections (after its second batch),
+// and generation 1 serves every one of them meanwhile (the staged
+// hand-over takes none out before the commit: with the plain one they
+// would wait for generation 1 to give up on its child); it is then killed
+// (SIGKILL): none is lost, generation 1 serves them all and accepts again,
+// and the next reload moves them all.
 func TestMigrationSurvivesChildKilledMidTakeover(t *testing.T) {
 	failFile := filepath.Join(t.TempDir(), "fail")
 	d := startDaemon(t, daemonConfig{role: "run", failFile: failFile})
@@ -241,11 +245,16 @@ func TestMigrationSurvivesChildKilledMidTakeover(t *testing.T) {
 			}
 		}
 	}
-	if err := os.WriteFile(failFile, []byte("die-mid-takeover"), 0o644); err != nil {
+	if err := os.WriteFile(failFile, []byte("hold-mid-takeover"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	d.signal(r1.pid, unix.SIGHUP)
-	dying := d.nextEvent("generation 2 dying mid-takeover", kind("failing"))
+	dying := d.nextEvent("generation 2 holding mid-takeover", kind("failing"))
+	echoAll("while generation 2 holds copies")
+	if i := d.index(kindPid("upgrade-failed", r1.pid)); i >= 0 || !d.alive(dying.pid) {
+		t.Fatalf("the connections were echoed only once the upgrade had ended (failed: %v, generation 2 alive: %v)", i >= 0, d.alive(dying.pid))
+	}
+	d.signal(dying.pid, unix.SIGKILL)
 	up := d.upgradeResult(r1.pid)
 	if up.kind != "upgrade-failed" {
 		t.Fatalf("upgrade with a child killed mid-takeover: %s, want a failure", up)
