@@ -43,17 +43,27 @@
 //
 // When the server is a [Migrator] (package daemon's, with a handler that
 // is a daemon.Resumer) and [Config].Migrate is set, every upgrade also
-// hands the live connections to the new generation, before its commit
-// (migrate.go): the old generation stops accepting, takes its connections
-// out of the server a batch at a time at a safe point (DetachN), and sends
-// their descriptors (SCM_RIGHTS, at most 253 a message) with their
-// handlers' state; the new one takes what fits its fd and MaxConns room
-// and serves them once committed. The old generation keeps its own
-// descriptors until the outcome: after a failed upgrade it serves every
-// connection again, none lost, and after a successful one it closes them
-// and drains only what was not taken. The garbage collector is off in both
-// processes meanwhile (see holdGC: the hand-over is bounded, and so is what
-// it allocates).
+// hands the live connections to the new generation. With a [Stager]
+// (daemon's Server is one) the hand-over is staged (staged.go): before
+// the new generation's commit the old one pauses accepting and sends a
+// copy of every live connection's descriptor (SCM_RIGHTS, at most 253 a
+// message) while it serves them all on; the new one takes what fits its
+// fd and MaxConns room and serves none. After the commit the old
+// generation takes them out of its server a batch at a time at a safe
+// point (DetachConns) and sends each batch's handler states; the new one
+// serves each connection as its state arrives, so a stream pauses only
+// while its own batch moves. A copy whose connection the old generation
+// closed meanwhile, or kept, is closed in the new one: it never served a
+// byte. With a plain Migrator, or a new generation that does not take
+// the staged hand-over (the builds before it), the hand-over happens
+// wholly before the commit (migrate.go): connections are taken out a
+// batch at a time (DetachN) and sent with their states, and the new
+// generation serves them once committed. Either way, after a failed
+// upgrade (the new generation died, hung or broke the channel before its
+// commit) the old one serves every connection again, none lost, and
+// after a successful one it drains only what was not taken. The garbage
+// collector is off in both processes meanwhile (see holdGC: the hand-over
+// is bounded, and so is what it allocates).
 //
 // An adopted connection is a net.Conn made straight of the received
 // descriptor (no duplicate, no socket option set again: net.FileConn's

@@ -15,9 +15,12 @@ import (
 	"github.com/echod/echod/daemon"
 )
 
-// The connection hand-over, part of an upgrade, before its commit, over
-// the upgrade's channel (protocol version 2, see proto.go). A child that
-// adopts live connections says so in its ready message; then:
+// The plain connection hand-over, part of an upgrade, before its commit,
+// over the upgrade's channel (protocol version 2, see proto.go): the one
+// a parent without Migration.Live and DetachConns, or a child that does
+// not say "staged" (the builds before it), gets; staged.go has the other.
+// A child that adopts live connections says so in its ready message;
+// then:
 //
 //	parent → child  conns   a batch: up to maxFDsPerMessage sockets
 //	                        (SCM_RIGHTS) and, in the body, each one's

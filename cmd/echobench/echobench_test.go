@@ -147,13 +147,13 @@ func TestFormatting(t *testing.T) {
 }
 
 func TestParseHandOver(t *testing.T) {
-	line := `time=2026-12-02T04:31:14.795Z level=INFO msg="connection hand-over" gen=1 pid=25392 upgrade_succeeded=true moved=10000 kept=0 lost=0 took=1.70231s err=<nil>`
+	line := `time=2026-12-02T04:31:14.795Z level=INFO msg="connection hand-over" gen=1 pid=25392 upgrade_succeeded=true staged=true moved=10000 kept=0 lost=0 took=1.70231s detach=54.204ms copy=130.441ms commit=177µs move=116.959ms err=<nil>`
 	kv := parseLogLine(line)
 	h, ok := parseHandOver(kv)
 	if !ok {
 		t.Fatal("not recognised")
 	}
-	want := handOver{gen: 1, succeeded: true, moved: 10000, took: 1702310 * time.Microsecond}
+	want := handOver{gen: 1, succeeded: true, moved: 10000, took: 1702310 * time.Microsecond, copy: 130441 * time.Microsecond, move: 116959 * time.Microsecond}
 	if h != want {
 		t.Errorf("parseHandOver = %+v, want %+v", h, want)
 	}
@@ -169,8 +169,8 @@ func TestParseHandOver(t *testing.T) {
 	if !ok || h.succeeded || h.gen != 3 || h.kept != 90 || h.lost != 10 || h.took != 12*time.Millisecond || h.err != "handoff: batch 2: no answer" {
 		t.Errorf("failed hand-over: %+v", h)
 	}
-	if h, _ := parseHandOver(parseLogLine(`msg="connection hand-over" gen=2`)); h.took != -1 {
-		t.Errorf("took without took= = %v, want -1", h.took)
+	if h, _ := parseHandOver(parseLogLine(`msg="connection hand-over" gen=2`)); h.took != -1 || h.copy != -1 || h.move != -1 {
+		t.Errorf("without took=, copy=, move=: %+v, want -1 each", h)
 	}
 	if _, ok := parseHandOver(parseLogLine(`level=INFO msg=ready gen=1 pid=5 listeners=1`)); ok {
 		t.Error("a ready line taken for a hand-over")
@@ -189,7 +189,7 @@ func TestMigRows(t *testing.T) {
 	sighup := t0.Add(8 * time.Second)
 	mig := &migRun{migrate: true, streams: 10000, interval: migInterval, rep: rep, t0: t0, sighup: sighup, reload: &rep.Reloads.Events[0],
 		gens: map[int]genInfo{1: {gen: 1, exitAt: sighup.Add(150 * time.Millisecond)}, 2: {gen: 2, readyAt: sighup.Add(140 * time.Millisecond)}},
-		ho:   &handOver{gen: 1, succeeded: true, moved: 10000, took: 85 * time.Millisecond}, detach: 20 * time.Millisecond,
+		ho:   &handOver{gen: 1, succeeded: true, moved: 10000, took: 85 * time.Millisecond, copy: 50 * time.Millisecond, move: 35 * time.Millisecond}, detach: 20 * time.Millisecond,
 		fdsBase: 10, fdsUp: 10010, upAt: 2 * time.Second, measured: true, oldAfter: -1, newAfter: 10012}
 	drain := &migRun{streams: 10000, interval: migInterval, rep: rep, t0: t0, sighup: sighup, reload: &rep.Reloads.Events[0],
 		gens: map[int]genInfo{}, detach: -1, fdsBase: 10, fdsUp: -1, upAt: -1, measured: true, oldAfter: 10009, newAfter: 12}

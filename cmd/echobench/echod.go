@@ -80,6 +80,7 @@ type handOver struct {
 	succeeded         bool // upgrade_succeeded
 	moved, kept, lost int
 	took              time.Duration // from the pause to the outcome; -1 if absent
+	copy, move        time.Duration // a staged hand-over's parts (copy=, move=); -1 if absent
 	err               string        // "" for err=<nil>
 }
 
@@ -89,13 +90,15 @@ func parseHandOver(kv map[string]string) (h handOver, ok bool) {
 	if kv["msg"] != "connection hand-over" {
 		return handOver{}, false
 	}
-	h = handOver{succeeded: kv["upgrade_succeeded"] == "true", took: -1}
+	h = handOver{succeeded: kv["upgrade_succeeded"] == "true", took: -1, copy: -1, move: -1}
 	h.gen, _ = strconv.Atoi(kv["gen"])
 	h.moved, _ = strconv.Atoi(kv["moved"])
 	h.kept, _ = strconv.Atoi(kv["kept"])
 	h.lost, _ = strconv.Atoi(kv["lost"])
-	if d, err := time.ParseDuration(kv["took"]); err == nil {
-		h.took = d
+	for k, p := range map[string]*time.Duration{"took": &h.took, "copy": &h.copy, "move": &h.move} {
+		if d, err := time.ParseDuration(kv[k]); err == nil {
+			*p = d
+		}
 	}
 	if e := kv["err"]; e != "<nil>" {
 		h.err = e

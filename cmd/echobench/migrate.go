@@ -38,6 +38,12 @@ const (
 	// The window of the "before the SIGHUP" RTT figures, from the
 	// timeline (100 ms buckets).
 	migBeforeWindow = 2 * time.Second
+	// echoload's -reload-window: a round trip overlapping [SIGHUP, pid
+	// file names the new generation + this] is near the reload. The
+	// staged hand-over moves the connections after the commit (which
+	// writes the pid file), for 0.1–0.2 s with 10,000: the window covers
+	// it with a margin.
+	migReloadWindow = 500 * time.Millisecond
 )
 
 // migRun is one run of 2c.
@@ -103,24 +109,27 @@ func (b *bench) stormMigrate(ctx context.Context, sec *section) error {
 		"migrate with I = %s (a stream sends at its start and next after the SIGHUP: every connection is idle "+
 		"when it moves), with I = %s (%s msg/s offered, which this machine carries) and with I = %s (%s msg/s, "+
 		"which it does not), and drain with I = %s. "+
-		"With migration (the default) the old generation pauses accepting, takes every connection out of its "+
-		"server, sends the descriptors and their state to the new generation and keeps its own until "+
-		"the commit; the new one serves them once committed, before it logs \"ready\".",
+		"With migration (the default) the old generation pauses accepting and sends a copy of every "+
+		"connection's descriptor to the new generation while it serves them on (the new one serves none "+
+		"before its commit); after the commit it takes them out of its server a batch of 253 at a time, at a "+
+		"safe point, and sends each batch's states: the new generation serves each connection as its state "+
+		"arrives (the staged hand-over).",
 		fmtInt(migStreams), migStreams, migDur, migReloadAt, migReloadAt, migDur, migDrainTimeout,
 		migIdleInterval, migQuietInterval, fmtInt(int64(float64(migStreams)/migQuietInterval.Seconds())),
 		migInterval, fmtInt(int64(float64(migStreams)/migInterval.Seconds())), migInterval)
 	sec.p("Figures: \"hand-over took\" is the took= of the old generation's \"connection hand-over\" log line " +
-		"(from its pause to the upgrade's outcome; \"connections detached\" took= is the part spent taking the " +
-		"connections out of its server). \"SIGHUP → new generation ready\" is to the new generation's \"ready\" " +
-		"log line (it serves the moved connections then); echoload's own reload time ends when the pid file " +
-		"names the new pid, which the old generation writes at the commit. Near the reload = a round trip " +
-		"overlapping [SIGHUP, pid file changed + 100 ms]: in migrate mode, every message sent while the " +
-		"connections are in transit waits in the socket buffers and is echoed after, so the near-reload RTT " +
-		"is the pause each stream sees. Steady = every other round trip, the start-up (every stream connects " +
+		"(from its pause to the last batch sent; its copy= is the part before the commit, every connection " +
+		"served on, and move= the part after it; detach= is the time spent taking connections out of its " +
+		"server). \"SIGHUP → new generation ready\" is to the new generation's \"ready\" " +
+		"log line (it serves the listeners then, and each moved connection as its state arrives); echoload's own " +
+		"reload time ends when the pid file names the new pid, which the old generation writes at the commit. " +
+		"Near the reload = a round trip overlapping [SIGHUP, pid file changed + %s], which covers the moves " +
+		"after the commit: a message sent while its connection is in transit waits in the socket buffers and is " +
+		"echoed after, so the near-reload RTT is the pause a stream sees. Steady = every other round trip, the start-up (every stream connects " +
 		"at once) included; the \"2 s before the SIGHUP\" row is from echoload's 100 ms timeline buckets. " +
 		"Descriptors are counted in /proc/PID/fd (an idle generation has about 10). Bytes lost = failed " +
 		"round trips × 64 B: every byte is verified, so any loss shows up as a failure (eof, reset, corrupt, " +
-		"or timeout: no full echo within echoload's -timeout, 5 s, after which it closes the connection).")
+		"or timeout: no full echo within echoload's -timeout, 5 s, after which it closes the connection).", migReloadWindow)
 	sec.table(migHeader(labels...), migRows(runs, true))
 	if n := saturated(runs); n != "" {
 		sec.p("**The machine cannot carry the offered load** (%s): the streams wait for CPU, so every latency "+
@@ -200,7 +209,8 @@ func (b *bench) runMigrate(ctx context.Context, sec *section, name string, strea
 	l, err := b.startLoad(ctx, sec, name, dur+2*time.Minute,
 		"-addr", ed.addr, "-duration", dur.String(), "-concurrency", "0",
 		"-streams", itoa(streams), "-stream-interval", interval.String(),
-		"-reload-signal", "HUP", "-reload-pid-file", ed.pidFile, "-reload-every", reloadAt.String())
+		"-reload-signal", "HUP", "-reload-pid-file", ed.pidFile, "-reload-every", reloadAt.String(),
+		"-reload-window", migReloadWindow.String())
 	if err != nil {
 		return r, err
 	}
@@ -373,6 +383,18 @@ func migRows(runs []*migRun, tenK bool) [][]string {
 				return "-"
 			}
 			return fmtF(r.ho.took.Seconds()*1000, 1)
+		}},
+		{"  copying the descriptors, before the commit (ms)", "", func(r *migRun) string {
+			if r.ho == nil || r.ho.copy < 0 {
+				return "-"
+			}
+			return fmtF(r.ho.copy.Seconds()*1000, 1)
+		}},
+		{"  moving the connections, after the commit (ms)", "", func(r *migRun) string {
+			if r.ho == nil || r.ho.move < 0 {
+				return "-"
+			}
+			return fmtF(r.ho.move.Seconds()*1000, 1)
 		}},
 		{"  of which detaching the connections (ms)", "", func(r *migRun) string {
 			if r.ho == nil || r.detach < 0 {

@@ -551,8 +551,10 @@ func (b *bench) reloadWhileHolding(ctx context.Context, sec *section, n int) err
 	sec.p("echod holds %s idle connections (%s opened by echoload, which checks each echoes, holds them for "+
 		"%s, and checks each echoes again); meanwhile it is reloaded %d times, each SIGHUP once the previous "+
 		"old generation exited. Every reload hands every connection over (migration, the default); \"SIGHUP → "+
-		"ready\" is to the new generation's \"ready\" log line (it serves the moved connections then), "+
-		"\"hand-over\" and \"detach\" the took= of the old generation's log lines, and the descriptors of the "+
+		"ready\" is to the new generation's \"ready\" log line (its commit: it serves each moved connection "+
+		"from then on, as its state arrives), \"hand-over\" the took= of the old generation's \"connection "+
+		"hand-over\" line (from its pause to the last batch sent: the copies before the commit and the moves "+
+		"after it) and \"detach\" its detach= (taking the connections out of its server), and the descriptors of the "+
 		"new generation are counted just after it is ready (%s before the load, %s holding in generation 1).",
 		fmtInt(int64(n)), fmtInt(int64(h.Opened)), holdFor, holdReloads, fmtInt(int64(base1.fds)), fmtInt(int64(held1.fds)))
 	ms := func(d time.Duration) string {
