@@ -7,6 +7,10 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BIN := bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+# The host's systemd version picks the service units: systemd/units/254/
+# (Type=notify-reload, FileDescriptorStorePreserve=) from 254 on, else
+# systemd/units/ (252). Override with SYSTEMD_VERSION=252 or 254.
+SYSTEMD_VERSION ?= $(shell systemctl --version 2>/dev/null | awk 'NR==1 {print $$2}')
 TEST_TIMEOUT ?= 12m
 
 .DEFAULT_GOAL := help
@@ -46,7 +50,9 @@ install: build ## install echod, echoload and the unit files under $(DESTDIR)$(P
 	install -D -m 0755 $(BIN)/echod $(DESTDIR)$(PREFIX)/bin/echod
 	install -D -m 0755 $(BIN)/echoload $(DESTDIR)$(PREFIX)/bin/echoload
 	install -d $(DESTDIR)$(UNITDIR)
-	for u in systemd/units/*.socket systemd/units/*.service; do \
+	units=systemd/units; if [ "0$(SYSTEMD_VERSION)" -ge 254 ] 2>/dev/null; then units=systemd/units/254; fi; \
+	echo "systemd $(SYSTEMD_VERSION): service units from $$units"; \
+	for u in systemd/units/*.socket $$units/*.service; do \
 	  sed 's|/usr/local/bin/echod|$(PREFIX)/bin/echod|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
 	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); done
 

@@ -70,8 +70,9 @@ type Config struct {
 	// is empty and systemd passed no socket (see Generation.Listeners).
 	Listen, Fallback []Spec
 	// Control is the path of the control socket (package control):
-	// reload, status and stop requests with truthful answers, for
-	// ExecReload= and ExecStop=. Empty: none.
+	// reload, reload-status (the outcome of the last reload, for
+	// ExecReload= under Type=notify-reload), status and stop requests
+	// with truthful answers, for ExecReload= and ExecStop=. Empty: none.
 	Control string
 	// DrainTimeout bounds the drain of a replaced or stopping generation;
 	// then its remaining connections are closed. Zero means 30s.
@@ -642,6 +643,19 @@ func (r *runner) control(ctx context.Context, cmd string) control.Reply {
 		return control.Reply{Kind: control.OK, Text: text}
 	case "status":
 		return control.Reply{Kind: control.OK, Text: r.status()}
+	case "reload-status":
+		// For ExecReload= of a Type=notify-reload unit: systemd sends the
+		// signal, waits for RELOADING=1 and READY=1 (sent whatever the
+		// outcome), then runs ExecReload=, whose exit status is the
+		// reload's. The generation answering is the new one after a
+		// success, the one that stayed after a failure.
+		r.mu.Lock()
+		lastErr := r.lastErr
+		r.mu.Unlock()
+		if lastErr != "" {
+			return control.Reply{Kind: control.Error, Text: "last reload failed: " + lastErr}
+		}
+		return control.Reply{Kind: control.OK, Text: fmt.Sprintf("pid=%d generation=%d", os.Getpid(), r.g.Number())}
 	case "stop":
 		select {
 		case r.stopReq <- struct{}{}:
@@ -649,7 +663,7 @@ func (r *runner) control(ctx context.Context, cmd string) control.Reply {
 		}
 		return control.Reply{Kind: control.OK, Text: "pid=" + strconv.Itoa(os.Getpid())}
 	}
-	return control.Reply{Kind: control.Error, Text: fmt.Sprintf("unknown command %q (want reload, status or stop)", cmd)}
+	return control.Reply{Kind: control.Error, Text: fmt.Sprintf("unknown command %q (want reload, reload-status, status or stop)", cmd)}
 }
 
 // status is the one-line summary for STATUS= and the status request.
@@ -684,7 +698,13 @@ func (r *runner) status() string {
 }
 
 func (r *runner) upgradeStarting() {
-	r.notify(systemd.Reloading, systemd.Status(fmt.Sprintf("reloading: starting generation %d", r.g.Number()+1)))
+	// MONOTONIC_USEC= with RELOADING=1: under Type=notify-reload (systemd
+	// 253 and later) the reload counts as started only with it.
+	lines := []string{systemd.Reloading, systemd.Status(fmt.Sprintf("reloading: starting generation %d", r.g.Number()+1))}
+	if mu := systemd.MonotonicUsec(); mu != "" {
+		lines = append(lines, mu)
+	}
+	r.notify(lines...)
 	if h := r.cfg.Hooks.Starting; h != nil {
 		h()
 	}

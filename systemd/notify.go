@@ -26,6 +26,14 @@ const (
 // KEY=VALUE line.
 var ErrInvalidState = errors.New("systemd: invalid notify state")
 
+// MonotonicUsec returns the MONOTONIC_USEC= line for now (CLOCK_MONOTONIC,
+// in µs), or "" when the clock cannot be read. Sent with RELOADING=1: a
+// Type=notify-reload service (systemd 253 and later) must, or systemd does
+// not take the reload as started and waits until its timeout.
+func MonotonicUsec() string {
+	return strings.TrimSuffix(daemon.SdNotifyMonotonicUsec(), "\n")
+}
+
 // MainPID returns the MAINPID= line for pid.
 func MainPID(pid int) string { return "MAINPID=" + strconv.Itoa(pid) }
 

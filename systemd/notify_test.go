@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -406,5 +407,33 @@ func TestBarrierTimeoutUnread(t *testing.T) {
 	ok, err := NewNotifier().Barrier(50 * time.Millisecond)
 	if ok || err == nil {
 		t.Fatalf("Barrier with nobody reading = %v, %v; want false and an error", ok, err)
+	}
+}
+
+// TestMonotonicUsec: the MONOTONIC_USEC= line Type=notify-reload needs
+// with RELOADING=1 is one KEY=VALUE line (Notify sends it), in µs of
+// CLOCK_MONOTONIC, between two readings of that clock.
+func TestMonotonicUsec(t *testing.T) {
+	now := func() int64 {
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+			t.Fatal(err)
+		}
+		return ts.Nano() / 1000
+	}
+	before := now()
+	line := MonotonicUsec()
+	after := now()
+	v, ok := strings.CutPrefix(line, "MONOTONIC_USEC=")
+	us, err := strconv.ParseInt(v, 10, 64)
+	if !ok || err != nil || us < before || us > after {
+		t.Fatalf("MonotonicUsec() = %q, want MONOTONIC_USEC=N with %d <= N <= %d", line, before, after)
+	}
+	m := newFakeManager(t, false)
+	if sent, err := NewNotifier().Notify(Reloading, line); !sent || err != nil {
+		t.Fatalf("Notify(RELOADING=1, %q) = %v, %v", line, sent, err)
+	}
+	if msg, _, ok := m.recv(5 * time.Second); !ok || msg != Reloading+"\n"+line {
+		t.Fatalf("the manager got %q (%v), want RELOADING=1 and %s", msg, ok, line)
 	}
 }

@@ -117,18 +117,18 @@ func (b *bench) stormMigrate(ctx context.Context, sec *section) error {
 		fmtInt(migStreams), migStreams, migDur, migReloadAt, migReloadAt, migDur, migDrainTimeout,
 		migIdleInterval, migQuietInterval, fmtInt(int64(float64(migStreams)/migQuietInterval.Seconds())),
 		migInterval, fmtInt(int64(float64(migStreams)/migInterval.Seconds())), migInterval)
-	sec.p("Figures: \"hand-over took\" is the took= of the old generation's \"connection hand-over\" log line " +
-		"(from its pause to the last batch sent; its copy= is the part before the commit, every connection " +
-		"served on, and move= the part after it; detach= is the time spent taking connections out of its " +
-		"server). \"SIGHUP → new generation ready\" is to the new generation's \"ready\" " +
-		"log line (it serves the listeners then, and each moved connection as its state arrives); echoload's own " +
-		"reload time ends when the pid file names the new pid, which the old generation writes at the commit. " +
-		"Near the reload = a round trip overlapping [SIGHUP, pid file changed + %s], which covers the moves " +
-		"after the commit: a message sent while its connection is in transit waits in the socket buffers and is " +
-		"echoed after, so the near-reload RTT is the pause a stream sees. Steady = every other round trip, the start-up (every stream connects " +
-		"at once) included; the \"2 s before the SIGHUP\" row is from echoload's 100 ms timeline buckets. " +
-		"Descriptors are counted in /proc/PID/fd (an idle generation has about 10). Bytes lost = failed " +
-		"round trips × 64 B: every byte is verified, so any loss shows up as a failure (eof, reset, corrupt, " +
+	sec.p("Figures: \"hand-over took\" is the took= of the old generation's \"connection hand-over\" log line "+
+		"(from its pause to the last batch sent; its copy= is the part before the commit, every connection "+
+		"served on, and move= the part after it; detach= is the time spent taking connections out of its "+
+		"server). \"SIGHUP → new generation ready\" is to the new generation's \"ready\" "+
+		"log line (it serves the listeners then, and each moved connection as its state arrives); echoload's own "+
+		"reload time ends when the pid file names the new pid, which the old generation writes at the commit. "+
+		"Near the reload = a round trip overlapping [SIGHUP, pid file changed + %s], which covers the moves "+
+		"after the commit: a message sent while its connection is in transit waits in the socket buffers and is "+
+		"echoed after, so the near-reload RTT is the pause a stream sees. Steady = every other round trip, the start-up (every stream connects "+
+		"at once) included; the \"2 s before the SIGHUP\" row is from echoload's 100 ms timeline buckets. "+
+		"Descriptors are counted in /proc/PID/fd (an idle generation has about 10). Bytes lost = failed "+
+		"round trips × 64 B: every byte is verified, so any loss shows up as a failure (eof, reset, corrupt, "+
 		"or timeout: no full echo within echoload's -timeout, 5 s, after which it closes the connection).", migReloadWindow)
 	sec.table(migHeader(labels...), migRows(runs, true))
 	if n := saturated(runs); n != "" {

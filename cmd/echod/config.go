@@ -63,14 +63,14 @@ func flags(c *config, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close connections idle this long (0: never)")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "most connections served at once; more wait in the kernel backlog (0: no limit)")
 	fs.StringVar(&c.PIDFile, "pid-file", c.PIDFile, "file naming the serving generation's pid (written atomically once it is ready)")
-	fs.StringVar(&c.Control, "control", c.Control, "control socket for 'echod reload|status|stop' (default $RUNTIME_DIRECTORY/control.sock under systemd; empty: none)")
+	fs.StringVar(&c.Control, "control", c.Control, "control socket for 'echod reload|reload-status|status|stop' (default $RUNTIME_DIRECTORY/control.sock under systemd; empty: none)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&c.FDStore, "fdstore", c.FDStore, "keep the listeners echod binds in systemd's fd store (FileDescriptorStoreMax=), so restarts and crashes refuse no connection; with -migrate, the live connections too (a copy against a crash, all of them at a stop), served by the next process")
 	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "hand live connections to the new generation on reload (false: drain them in the old one)")
 	fs.BoolVar(&c.checkOnly, "check-config", false, "validate the flags and the config file as a reload would, then exit (0 valid, 2 invalid)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(out, "usage: echod [flags]\n       echod reload|status|stop [-control PATH] [-timeout D]\n       echod version\n\nflags:\n")
+		fmt.Fprintf(out, "usage: echod [flags]\n       echod reload|reload-status|status|stop [-control PATH] [-timeout D]\n       echod version\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	return fs

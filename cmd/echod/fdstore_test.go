@@ -19,6 +19,13 @@ import (
 // given addresses.
 func installFDStoreUnit(t testing.TB, m *systemdtest.Manager, listen ...string) *unitUnderTest {
 	t.Helper()
+	return installFDStoreUnitFrom(t, m, "", listen...)
+}
+
+// installFDStoreUnitFrom is installFDStoreUnit with the unit of
+// systemd/units/dir.
+func installFDStoreUnitFrom(t testing.TB, m *systemdtest.Manager, dir string, listen ...string) *unitUnderTest {
+	t.Helper()
 	u := newUnitUnderTest(t, m, "echod-fds")
 	u.writeListen(t, listen...)
 	if len(listen) > 0 {
@@ -28,7 +35,7 @@ func installFDStoreUnit(t testing.TB, m *systemdtest.Manager, listen ...string) 
 		"/usr/local/bin/echod", u.bin,
 		"RuntimeDirectory=echod-fdstore", "RuntimeDirectory="+u.name,
 		"-listen 127.0.0.1:7007", "-config "+u.config,
-	).Replace(shippedUnit(t, "echod-fdstore.service"))
+	).Replace(shippedUnit(t, filepath.Join(dir, "echod-fdstore.service")))
 	m.Install(t, u.service(), content)
 	m.DropIn(t, u.service(), "test", testDropIn(u.logFile))
 	return u

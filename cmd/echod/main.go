@@ -37,7 +37,7 @@ func main() {
 // run returns the process exit status: 0, 1 (failed at run time or forced
 // stop) or 2 (bad command line or configuration).
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && (args[0] == "reload" || args[0] == "status" || args[0] == "stop") {
+	if len(args) > 0 && (args[0] == "reload" || args[0] == "reload-status" || args[0] == "status" || args[0] == "stop") {
 		return runClient(args[0], args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "version" {

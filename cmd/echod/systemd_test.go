@@ -100,6 +100,13 @@ func shippedUnit(t testing.TB, name string) string {
 // change is the sandbox drop-in below.
 func installShippedUnits(t testing.TB, m *systemdtest.Manager, extra string) *unitUnderTest {
 	t.Helper()
+	return installShippedUnitsFrom(t, m, "", extra)
+}
+
+// installShippedUnitsFrom is installShippedUnits with the service unit of
+// systemd/units/dir (dir "254": the units for systemd 254 and later).
+func installShippedUnitsFrom(t testing.TB, m *systemdtest.Manager, dir, extra string) *unitUnderTest {
+	t.Helper()
 	u := newUnitUnderTest(t, m, "echod")
 	u.tcp = freePort(t)
 	u.unix = filepath.Join(m.RuntimeDir(), u.name+".sock")
@@ -114,7 +121,11 @@ func installShippedUnits(t testing.TB, m *systemdtest.Manager, extra string) *un
 		"-drain-timeout 30s", "-drain-timeout 30s -config "+u.config+extra,
 	)
 	for _, f := range []string{"echod.socket", "echod-unix.socket", "echod.service"} {
-		content := strings.ReplaceAll(rename.Replace(shippedUnit(t, f)), "@BIN@", u.bin)
+		src := f
+		if strings.HasSuffix(f, ".service") {
+			src = filepath.Join(dir, f)
+		}
+		content := strings.ReplaceAll(rename.Replace(shippedUnit(t, src)), "@BIN@", u.bin)
 		m.Install(t, strings.Replace(f, "echod", u.name, 1), content)
 	}
 	// A user manager cannot set up the mount namespaces and dynamic users

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/echod/echod/systemd/systemdtest"
 )
 
 // TestShippedUnitsVerify checks the shipped unit files with systemd's own
@@ -18,14 +20,30 @@ import (
 // ("OK"). The user-manager tests cannot run the hardening (no namespaces
 // there); this is where it is checked.
 func TestShippedUnitsVerify(t *testing.T) {
-	sa, err := exec.LookPath("systemd-analyze")
-	if err != nil {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		t.Skip("systemd-analyze not installed")
 	}
+	verifyUnits(t, systemdtest.Installed(), "")
+}
+
+// TestShippedUnits254Verify is TestShippedUnitsVerify for the units of
+// systemd/units/254 (and the socket units beside them) with systemd 254's
+// systemd-analyze (systemdtest.Backports254).
+func TestShippedUnits254Verify(t *testing.T) {
+	verifyUnits(t, systemdtest.Backports254(t), "254")
+}
+
+// verifyUnits runs sd's systemd-analyze verify and security on the socket
+// units of systemd/units and the service units of systemd/units/sub.
+func verifyUnits(t *testing.T, sd systemdtest.Systemd, sub string) {
+	t.Helper()
+	sa := sd.Analyze
 	dir := t.TempDir()
-	units, err := filepath.Glob(filepath.Join("..", "..", "systemd", "units", "*"))
-	if err != nil || len(units) == 0 {
-		t.Fatalf("no unit files: %v", err)
+	units, _ := filepath.Glob(filepath.Join("..", "..", "systemd", "units", "*.socket"))
+	services, _ := filepath.Glob(filepath.Join("..", "..", "systemd", "units", sub, "*.service"))
+	units = append(units, services...)
+	if len(services) == 0 {
+		t.Fatalf("no service units in systemd/units/%s", sub)
 	}
 	var paths []string
 	for _, u := range units {
@@ -42,7 +60,7 @@ func TestShippedUnitsVerify(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, sa, append([]string{"verify", "--man=no"}, paths...)...).CombinedOutput()
+	out, err := sd.Command(ctx, sa, append([]string{"verify", "--man=no"}, paths...)...).CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
@@ -51,7 +69,7 @@ func TestShippedUnitsVerify(t *testing.T) {
 		if !strings.HasSuffix(p, ".service") {
 			continue
 		}
-		out, err := exec.CommandContext(ctx, sa, "security", "--offline=yes", p).CombinedOutput()
+		out, err := sd.Command(ctx, sa, "security", "--offline=yes", p).CombinedOutput()
 		m := score.FindSubmatch(out)
 		if err != nil || m == nil {
 			t.Fatalf("systemd-analyze security %s: %v\n%s", filepath.Base(p), err, out)

@@ -28,7 +28,7 @@
 //	       | "error" [" " <reason>] "\n"
 //	       | "retry" [" " <reason>] "\n"
 //
-// The commands of echod are reload, status and stop. A request line is at
+// The commands of echod are reload, reload-status, status and stop. A request line is at
 // most 4096 bytes before its newline, valid UTF-8 without control
 // characters; white space around the command (a "\r" before the newline,
 // say) is ignored. The line must end within 5 seconds of the connection.

@@ -59,6 +59,20 @@
 // [Start] skips the test when systemd, systemctl, sh or unshare is missing,
 // when not running as root, or when creating the mount namespace is not
 // permitted (as in unprivileged containers).
+//
+// # System manager
+//
+// A user manager cannot set up a service's sandbox (DynamicUser=,
+// ProtectSystem=, PrivateTmp=, ... fail with 226/NAMESPACE), so tests using
+// [Start] switch the hardening off. [StartSystem] (Linux) boots systemd as
+// the system manager instead: PID 1 of fresh cgroup, pid, mount, UTS, IPC
+// and network namespaces, in cgroups of its own below the test's, on an
+// overlay of the machine's root whose writes stay in memory, with the unit
+// files and binaries of [SystemConfig] installed there (/etc/systemd/system,
+// /usr/local/bin/echod). Unit files then run unchanged, hardening included,
+// on their own loopback. [System.Command] runs a program (a client, cat,
+// journalctl) inside its namespaces through nsenter; [System.Stop] powers it
+// off and removes its cgroups. It is no security boundary.
 package systemdtest
 
 import (
@@ -121,6 +135,7 @@ const wrapperScript = `con=$1; shift; for cg; do echo $$ > "$cg/cgroup.procs" ||
 
 // Manager is a running systemd user manager owned by one test.
 type Manager struct {
+	sd      Systemd
 	rt      string
 	logPath string
 	cmd     *exec.Cmd
@@ -144,10 +159,17 @@ type Manager struct {
 // error; it calls t.Fatal, with the manager's log, on any other failure.
 func Start(t testing.TB) *Manager {
 	t.Helper()
-	if fi, err := os.Stat(SystemdPath); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		t.Skipf("systemdtest: %s not available (%v); a real systemd is needed", SystemdPath, err)
+	return StartWith(t, Installed())
+}
+
+// StartWith is [Start] with the given installation of systemd (see
+// [Backports254]); [Manager.Systemctl] then runs its systemctl.
+func StartWith(t testing.TB, sd Systemd) *Manager {
+	t.Helper()
+	if fi, err := os.Stat(sd.Manager); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		t.Skipf("systemdtest: %s not available (%v); a real systemd is needed", sd.Manager, err)
 	}
-	for _, prog := range []string{"systemctl", "unshare", "sh"} {
+	for _, prog := range []string{sd.Systemctl, "unshare", "sh"} {
 		if _, err := exec.LookPath(prog); err != nil {
 			t.Skipf("systemdtest: %s not found in PATH: %v", prog, err)
 		}
@@ -166,7 +188,7 @@ func Start(t testing.TB) *Manager {
 		_ = os.RemoveAll(rt)
 		t.Fatalf("systemdtest: %v", err)
 	}
-	m := &Manager{rt: rt, logPath: filepath.Join(rt, "manager.log"), done: make(chan struct{})}
+	m := &Manager{sd: sd, rt: rt, logPath: filepath.Join(rt, "manager.log"), done: make(chan struct{})}
 	if err := os.MkdirAll(m.UnitDir(), 0o755); err != nil {
 		_ = os.RemoveAll(rt)
 		t.Fatalf("systemdtest: %v", err)
@@ -204,7 +226,7 @@ func Start(t testing.TB) *Manager {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	args := append([]string{"--mount", "--propagation", "private",
-		"sh", "-c", wrapperScript, SystemdPath, consoleDev}, cgroups...)
+		"sh", "-c", wrapperScript, sd.Manager, consoleDev}, cgroups...)
 	cmd := exec.CommandContext(ctx, "unshare", args...)
 	cmd.Env = m.env()
 	cmd.Dir = rt
@@ -330,8 +352,11 @@ func (m *Manager) env() []string {
 			env = append(env, kv)
 		}
 	}
-	return append(env, "XDG_RUNTIME_DIR="+m.rt)
+	return m.sd.env(append(env, "XDG_RUNTIME_DIR="+m.rt))
 }
+
+// Systemd is the installation this manager runs.
+func (m *Manager) Systemd() Systemd { return m.sd }
 
 // RuntimeDir returns the manager's XDG_RUNTIME_DIR, a 0700 directory
 // removed at cleanup. Tests may put their own files (logs, outputs) there.
@@ -396,7 +421,7 @@ func (m *Manager) Systemctl(ctx context.Context, args ...string) (string, error)
 		ctx, cancel = context.WithTimeout(ctx, SystemctlTimeout)
 		defer cancel()
 	}
-	cmd := exec.CommandContext(ctx, "systemctl", append([]string{"--user", "--no-pager"}, args...)...)
+	cmd := exec.CommandContext(ctx, m.sd.Systemctl, append([]string{"--user", "--no-pager"}, args...)...)
 	cmd.Env = m.env()
 	cmd.WaitDelay = time.Second
 	out, err := cmd.CombinedOutput()
