@@ -7,6 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BIN := bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR ?= $(PREFIX)/share/man
 # The host's systemd version picks the service units: systemd/units/254/
 # (Type=notify-reload, FileDescriptorStorePreserve=) from 254 on, else
 # systemd/units/ (252). Override with SYSTEMD_VERSION=252 or 254.
@@ -46,9 +47,11 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
 bench: build ## benchmark scenarios (echoload, real systemd, Go benchmarks); writes cmd/echobench/RESULTS.md
 	$(GO) run ./cmd/echobench -echod $(BIN)/echod -echoload $(BIN)/echoload -out cmd/echobench/RESULTS.md
 
-install: build ## install echod, echoload and the unit files under $(DESTDIR)$(PREFIX)
+install: build ## install echod, echoload, their man pages and the unit files under $(DESTDIR)$(PREFIX)
 	install -D -m 0755 $(BIN)/echod $(DESTDIR)$(PREFIX)/bin/echod
 	install -D -m 0755 $(BIN)/echoload $(DESTDIR)$(PREFIX)/bin/echoload
+	install -D -m 0644 cmd/echod/echod.8 $(DESTDIR)$(MANDIR)/man8/echod.8
+	install -D -m 0644 cmd/echoload/echoload.1 $(DESTDIR)$(MANDIR)/man1/echoload.1
 	install -d $(DESTDIR)$(UNITDIR)
 	units=systemd/units; if [ "0$(SYSTEMD_VERSION)" -ge 254 ] 2>/dev/null; then units=systemd/units/254; fi; \
 	echo "systemd $(SYSTEMD_VERSION): service units from $$units"; \

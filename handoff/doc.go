@@ -79,6 +79,13 @@
 // the process across systemctl restart and crashes; listeners no longer
 // configured are removed from the store.
 //
+// [Config].HTTP adds endpoints served over HTTP (package handoff/metrics
+// is one), each on a socket handed over like the control socket: a
+// client is never refused during a reload, and a replaced generation stops
+// accepting on it as soon as the new one committed. What a program keeps
+// across generations (counters) goes with each upgrade's offer:
+// Options.Carry in the old generation, [Generation.Carried] in the new.
+//
 // Nothing of the hand-over is in the environment: generations speak over
 // a socketpair made for each upgrade (systemd's LISTEN_* and NOTIFY_SOCKET
 // aside, and tableflip's own marker variable).

@@ -61,11 +61,20 @@ type Options struct {
 	// process with FDStore enabled put there, when they are no longer
 	// wanted (also when FDStore is now off). Nil: nothing is removed.
 	Notifier *systemd.Notifier
+	// Carry, if set, is called by each upgrade after Hooks.Starting; what
+	// it returns (at most MaxCarry bytes) goes to the new generation with
+	// the offer, where [Generation.Carried] returns it: state the program
+	// keeps across generations, such as counters. More than MaxCarry is
+	// not passed on (and logged); the upgrade goes on.
+	Carry func() []byte
 }
 
+// MaxCarry bounds what Options.Carry may pass to the next generation.
+const MaxCarry = 16 << 10
+
 // Hooks let the program act at each step of an upgrade, for example to
-// tell systemd. Each may be nil. They run on the upgrade goroutine, so an
-// upgrade does not complete before they return.
+// tell systemd. Each may be nil. Starting, Succeeded and Failed run on the
+// upgrade goroutine, so an upgrade does not complete before they return.
 type Hooks struct {
 	// Starting runs before the new generation is exec'd.
 	Starting func()
@@ -75,6 +84,16 @@ type Hooks struct {
 	Succeeded func(res Result)
 	// Failed runs after a failed upgrade; this generation still serves.
 	Failed func(err error)
+	// Ready runs at the end of a successful [Generation.Ready], on its
+	// caller's goroutine: this generation is the serving one (in a first
+	// generation too). The connections of a staged hand-over may still
+	// be coming over (see [Generation.Adopted]).
+	Ready func()
+	// PreviousExited runs, on a goroutine of the generation, once the
+	// previous generation has exited, with the time since this one's
+	// commit: the previous generation's moves after the commit and its
+	// drain of what it kept. Never in a first generation, nor after Stop.
+	PreviousExited func(took time.Duration)
 }
 
 // Result describes a successful upgrade.
@@ -108,6 +127,11 @@ type Generation struct {
 	readyErr   error // why Ready or Fail ended this generation
 
 	noStateDir bool // no StateDir: keep no record of stored listeners
+
+	// onCommit, set by Run before Ready, runs on the upgrade goroutine
+	// as soon as tableflip reports the new generation's commit, before
+	// the connections move and before Hooks.Succeeded.
+	onCommit func()
 
 	reqs      chan chan upgradeReply
 	stopOnce  sync.Once
@@ -186,6 +210,15 @@ func (g *Generation) Number() int { return g.gen }
 
 // HasParent reports whether this generation was started by an upgrade.
 func (g *Generation) HasParent() bool { return g.upg.HasParent() }
+
+// Carried returns what the previous generation's Options.Carry passed to
+// this one: nil in a first generation, or from a release without it.
+func (g *Generation) Carried() []byte {
+	if g.link == nil {
+		return nil
+	}
+	return g.link.offer.Carry
+}
 
 // Protocol is the hand-over protocol version spoken with the previous
 // generation: 2 (this release), 1 (a release before it), or 0 in a first
@@ -278,6 +311,9 @@ func (g *Generation) Ready() error {
 	restoring := len(g.connQueues) > 0
 	g.mu.Unlock()
 	restoreGC := holdGC(g.link != nil || restoring)
+	// The hand-over's time runs from the ready message, sent first by
+	// commit: the previous generation pauses on it.
+	handStart := time.Now()
 	pending, staged, err := g.commit(stored)
 	if err != nil {
 		restoreGC()
@@ -292,6 +328,7 @@ func (g *Generation) Ready() error {
 	g.mu.Lock()
 	g.state = serving
 	g.mu.Unlock()
+	committed := time.Now()
 	// Committed: this generation serves; what follows cannot undo it.
 	if g.link != nil {
 		if g.link.version == 1 && g.opts.PIDFile != "" {
@@ -302,6 +339,9 @@ func (g *Generation) Ready() error {
 		}
 		g.dropParentStored()
 	}
+	g.mu.Lock()
+	handsOver := g.link != nil && g.link.version == protoVersion && g.adopt != nil
+	g.mu.Unlock()
 	res := g.serveAdopted(pending)
 	if len(staged) > 0 {
 		// A staged hand-over: the connections come after the commit, each
@@ -312,6 +352,7 @@ func (g *Generation) Ready() error {
 			gcTimer.Stop()
 			restoreGC()
 			r.Lost += res.Lost
+			r.Took = time.Since(handStart)
 			g.adoptEnded(r)
 		})
 	} else {
@@ -319,7 +360,13 @@ func (g *Generation) Ready() error {
 			g.link.close()
 		}
 		restoreGC()
+		if handsOver {
+			res.Took = time.Since(handStart)
+		}
 		g.adoptEnded(res)
+	}
+	if h := g.opts.Hooks.Ready; h != nil {
+		h() // before the goroutines that run the other hooks
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g.mu.Lock()
@@ -327,8 +374,12 @@ func (g *Generation) Ready() error {
 	g.mu.Unlock()
 	go func() {
 		defer close(g.waitDone)
-		if err := g.upg.WaitForParent(ctx); err != nil && ctx.Err() == nil {
+		err := g.upg.WaitForParent(ctx)
+		if err != nil && ctx.Err() == nil {
 			g.logger().Warn("previous generation misbehaved while exiting", "err", err)
+		}
+		if h := g.opts.Hooks.PreviousExited; h != nil && g.HasParent() && ctx.Err() == nil {
+			h(time.Since(committed))
 		}
 		// An upgrade also waits for the connections still coming over.
 		select {
@@ -531,7 +582,9 @@ func (g *Generation) AcceptConns(adopt Adopter, room func() int) {
 func (g *Generation) Adopted() <-chan struct{} { return g.adoptDone }
 
 // AdoptedResult is what the previous generation handed over (Moved, and
-// Err if the hand-over stopped early); valid once Adopted is closed.
+// Err if the hand-over stopped early); valid once Adopted is closed. Its
+// Took runs from this generation's ready message (the previous one
+// pauses on it) to the end of the hand-over; zero when there was none.
 func (g *Generation) AdoptedResult() HandOverResult {
 	g.mu.Lock()
 	defer g.mu.Unlock()

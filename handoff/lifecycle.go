@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,6 +76,12 @@ type Config struct {
 	// ExecReload= under Type=notify-reload), status and stop requests
 	// with truthful answers, for ExecReload= and ExecStop=. Empty: none.
 	Control string
+	// ControlIfFree says Control is a default nobody asked for: a first
+	// generation that finds another process answering there (another
+	// daemon started with the same default) runs without a control socket
+	// and says so, instead of taking the path over. Its parent directory
+	// is created (0700) if missing.
+	ControlIfFree bool
 	// DrainTimeout bounds the drain of a replaced or stopping generation;
 	// then its remaining connections are closed. Zero means 30s.
 	DrainTimeout time.Duration
@@ -100,6 +108,25 @@ type Config struct {
 	// old generation exits as soon as they are handed over, instead of
 	// draining them. Connections that cannot move drain as before.
 	Migrate bool
+	// HTTP are more endpoints, each served by its own net/http server
+	// (metrics, for example). See [HTTPEndpoint].
+	HTTP []HTTPEndpoint
+}
+
+// HTTPEndpoint is an address served over HTTP by [Run] beside the
+// server's listeners. Its socket is taken like the control socket's
+// (inherited from the previous generation, else bound; never kept in the
+// fd store) and passed to the next, so a client is never refused during a
+// reload: the same socket, one accept queue. A generation serves it from
+// Ready on, and stops accepting on it as soon as a new generation
+// committed or when it stops: keep-alives off, idle connections closed,
+// the requests already read or arriving on an accepted connection
+// answered (given 5 s at exit).
+type HTTPEndpoint struct {
+	// Name names the endpoint in the log ("http listener name=… addr=…").
+	Name    string
+	Spec    Spec
+	Handler http.Handler
 }
 
 // ErrForced is returned by Run when a second stop request (SIGTERM,
@@ -124,14 +151,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	r := &runner{cfg: cfg, stopReq: make(chan struct{}, 1), handedOver: make(chan struct{})}
+	r := &runner{cfg: cfg, started: time.Now(), stopReq: make(chan struct{}, 1), handedOver: make(chan struct{})}
 	opts := cfg.Options
-	opts.Hooks = Hooks{Starting: r.upgradeStarting, Succeeded: r.upgradeSucceeded, Failed: r.upgradeFailed}
+	opts.Hooks = Hooks{Starting: r.upgradeStarting, Succeeded: r.upgradeSucceeded, Failed: r.upgradeFailed, Ready: cfg.Hooks.Ready, PreviousExited: cfg.Hooks.PreviousExited}
 	g, err := New(opts)
 	if err != nil {
 		return err
 	}
 	r.g = g
+	g.onCommit = r.stopAcceptingHTTP // the new generation serves them now
 	r.log = cfg.Logger.With("gen", g.Number(), "pid", os.Getpid())
 	g.SetLogger(r.log)
 	r.log.Info("starting", "version", cfg.Version, "inherited", g.HasParent(), "protocol", g.Protocol())
@@ -166,6 +194,10 @@ type runner struct {
 	ctl *control.Server
 	ls  []*Listener
 
+	webMu      sync.Mutex     // guards web, webStopped
+	web        []*webEndpoint // the HTTP endpoints served, once ready
+	webStopped bool
+
 	serving   sync.WaitGroup // Serve goroutines
 	acceptMu  sync.Mutex     // guards dups, paused, closing
 	dups      []net.Listener // the duplicates being served
@@ -179,10 +211,14 @@ type runner struct {
 	snaps      *snapshots    // the copies of the connections kept against a crash; nil: none
 	snapHold   atomic.Bool   // a hand-over is under way: no copy is renewed
 
-	mu      sync.Mutex
-	phase   phase
-	lastErr string
-	failed  int
+	started time.Time // when this process started serving its generation
+
+	mu        sync.Mutex
+	phase     phase
+	lastErr   string
+	lastErrAt time.Time
+	failed    int
+	succeeded int
 }
 
 // start takes the listeners, builds the server, becomes ready, and only
@@ -198,6 +234,16 @@ func (r *runner) start() error {
 		r.log.Info("listener", "name", l.Name, "addr", l.Addr().String(), "origin", l.Origin.String(), "inherited", l.Inherited, "stored", l.Stored, "restored", l.Restored)
 	}
 	var ctlLn net.Listener
+	if r.cfg.Control != "" && r.cfg.ControlIfFree && !r.g.HasParent() {
+		if err := os.MkdirAll(filepath.Dir(r.cfg.Control), 0o700); err != nil {
+			r.log.Warn("no control socket: cannot make its directory", "path", r.cfg.Control, "err", err)
+			r.cfg.Control = ""
+		} else if c, err := net.DialTimeout("unix", r.cfg.Control, time.Second); err == nil {
+			c.Close()
+			r.log.Warn("no control socket: another process serves the default path; give -control to have one", "path", r.cfg.Control)
+			r.cfg.Control = ""
+		}
+	}
 	if r.cfg.Control != "" {
 		cl, err := r.g.ListenFunc(Spec{Network: "unix", Address: r.cfg.Control}, func(s Spec) (net.Listener, error) {
 			return control.Listen(s.Address)
@@ -208,9 +254,18 @@ func (r *runner) start() error {
 		}
 		ctlLn = cl
 	}
+	webLns, err := r.listenHTTP()
+	if err != nil {
+		closeAll(ls)
+		if ctlLn != nil {
+			ctlLn.Close()
+		}
+		return err
+	}
 	srv, err := r.cfg.NewServer(r.g, ls)
 	if err != nil {
 		closeAll(ls)
+		closeAll(webLns)
 		if ctlLn != nil {
 			ctlLn.Close()
 		}
@@ -242,12 +297,14 @@ func (r *runner) start() error {
 	}
 	if err := r.g.Ready(); err != nil {
 		closeAll(ls)
+		closeAll(webLns)
 		if ctlLn != nil {
 			ctlLn.Close()
 		}
 		return err
 	}
 	r.serveAll()
+	r.serveHTTP(webLns)
 	r.startSnapshots()
 	// Control requests only once ready: before, the previous generation
 	// (which shares the control socket) answers them.
@@ -410,6 +467,7 @@ wait:
 	if r.ctl != nil {
 		r.ctl.StopAccepting()
 	}
+	r.stopAcceptingHTTP()
 	if next == phaseStopping {
 		r.notify(systemd.Stopping, systemd.Status(r.status()))
 		// Before draining: cancel an upgrade in flight (its process is
@@ -446,6 +504,7 @@ wait:
 		}
 		cancel()
 	}
+	r.shutdownHTTP()
 	r.serving.Wait()
 	if next == phaseStopping {
 		r.removePIDFile()
@@ -643,6 +702,12 @@ func (r *runner) control(ctx context.Context, cmd string) control.Reply {
 		return control.Reply{Kind: control.OK, Text: text}
 	case "status":
 		return control.Reply{Kind: control.OK, Text: r.status()}
+	case "status-json":
+		js, err := r.reportJSON()
+		if err != nil {
+			return control.Reply{Kind: control.Error, Text: err.Error()}
+		}
+		return control.Reply{Kind: control.OK, Text: js}
 	case "reload-status":
 		// For ExecReload= of a Type=notify-reload unit: systemd sends the
 		// signal, waits for RELOADING=1 and READY=1 (sent whatever the
@@ -663,7 +728,7 @@ func (r *runner) control(ctx context.Context, cmd string) control.Reply {
 		}
 		return control.Reply{Kind: control.OK, Text: "pid=" + strconv.Itoa(os.Getpid())}
 	}
-	return control.Reply{Kind: control.Error, Text: fmt.Sprintf("unknown command %q (want reload, reload-status, status or stop)", cmd)}
+	return control.Reply{Kind: control.Error, Text: fmt.Sprintf("unknown command %q (want reload, reload-status, status, status-json or stop)", cmd)}
 }
 
 // status is the one-line summary for STATUS= and the status request.
@@ -715,6 +780,7 @@ func (r *runner) upgradeStarting() {
 func (r *runner) upgradeSucceeded(res Result) {
 	r.mu.Lock()
 	r.lastErr = ""
+	r.succeeded++
 	r.mu.Unlock()
 	if r.cfg.Systemd.Enabled() && res.PID > 0 {
 		r.notify(systemd.MainPID(res.PID), systemd.Ready)
@@ -730,6 +796,7 @@ func (r *runner) upgradeSucceeded(res Result) {
 func (r *runner) upgradeFailed(err error) {
 	r.mu.Lock()
 	r.lastErr = oneLine(err.Error())
+	r.lastErrAt = time.Now()
 	r.failed++
 	r.mu.Unlock()
 	r.notify(systemd.Ready, systemd.Status(r.status()))

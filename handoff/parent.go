@@ -100,6 +100,13 @@ func (g *Generation) exec() (Result, error) {
 		Stored:     append([]string(nil), g.stored...),
 	}
 	g.mu.Unlock()
+	if carry := g.opts.Carry; carry != nil {
+		if b := carry(); len(b) <= MaxCarry {
+			o.Carry = b
+		} else {
+			g.logger().Warn("state to carry to the next generation not passed on: too large", "bytes", len(b), "max", MaxCarry)
+		}
+	}
 	err = ch.send(msgOffer, o)
 	if err == nil {
 		// tableflip passes its own duplicate; the registration is replaced
@@ -131,6 +138,9 @@ func (g *Generation) exec() (Result, error) {
 	// message written just before it exited).
 	rest := readReport(ch)
 	rep.merge(rest)
+	if upErr == nil && g.onCommit != nil {
+		g.onCommit()
+	}
 	g.settle(upErr == nil, &rep, ch)
 
 	if upErr == nil {

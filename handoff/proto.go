@@ -35,9 +35,11 @@ import (
 // The exchange:
 //
 //	parent → child  offer   queued before the exec: the generation number
-//	                        of the child, the parent's pid, and the
+//	                        of the child, the parent's pid, the
 //	                        listening sockets passed (their tableflip keys,
-//	                        names, origins, fd store names)
+//	                        names, origins, fd store names), and what the
+//	                        program carries to the next generation
+//	                        (Options.Carry: counters, for example)
 //	child → parent  hello   as soon as the child read the offer: its pid
 //	                        and the version it speaks (the parent's; a child
 //	                        that cannot speak it fails with a reason)
@@ -130,6 +132,10 @@ type offer struct {
 	// Stored names the listeners kept in systemd's fd store, each passed
 	// as "store:<name>".
 	Stored []string `json:"stored,omitempty"`
+	// Carry is what the parent's Options.Carry returned for this upgrade
+	// (base64 in the JSON), read by the child with Generation.Carried: a
+	// later addition to version 2, which a release without it ignores.
+	Carry []byte `json:"carry,omitempty"`
 }
 
 // hello is the child's first message.

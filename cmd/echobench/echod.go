@@ -363,6 +363,13 @@ func (e *echodProc) HandOver(gen int) (handOver, bool) {
 	return handOver{}, false
 }
 
+// HandOverList returns every "connection hand-over" logged, in order.
+func (e *echodProc) HandOverList() []handOver {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]handOver(nil), e.hands...)
+}
+
 // HandOvers returns how many "connection hand-over" lines were logged.
 func (e *echodProc) HandOvers() int {
 	e.mu.Lock()

@@ -100,7 +100,74 @@ func (b *bench) reloadStorm(ctx context.Context, sec *section) error {
 		return ctx.Err()
 	}
 	errC := b.stormMigrate(ctx, sec)
-	return errors.Join(errA, errB, errC)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	errD := b.stormPlot(ctx, sec)
+	return errors.Join(errA, errB, errC, errD)
+}
+
+// Scenario 2d: streams across reloads, plotted.
+const (
+	plotStreams  = 2000
+	plotInterval = 200 * time.Millisecond // 10,000 msg/s, which this machine carries
+	plotEvery    = 3 * time.Second
+	plotDur      = 20 * time.Second
+)
+
+// stormPlot is 2d: 2,000 streams across a SIGHUP every 3 s, each moving
+// its connections; echoload's plot of RTT over time with the reloads
+// marked and shaded, and every hand-over echod logged.
+func (b *bench) stormPlot(ctx context.Context, sec *section) error {
+	sec.body.WriteString(fmt.Sprintf("### 2d. %s streams across reloads, plotted\n\n", fmtInt(plotStreams)))
+	sec.note("2d")
+	ed, err := startEchod(ctx, b.echod, b.tmp, "s2d-echod", "-drain-timeout", "1m")
+	if err != nil {
+		return err
+	}
+	defer ed.Stop()
+	sec.cmdc(ed.argv, "bound to "+ed.addr)
+	args := []string{"-addr", ed.addr, "-duration", plotDur.String(), "-concurrency", "0",
+		"-streams", itoa(plotStreams), "-stream-interval", plotInterval.String(),
+		"-reload-signal", "HUP", "-reload-pid-file", ed.pidFile, "-reload-every", plotEvery.String(),
+		"-reload-window", migReloadWindow.String()}
+	plot := ""
+	if b.plotDir != "" {
+		plot = filepath.Join(b.plotDir, "migration-streams.png")
+		args = append(args, "-plot", plot)
+	}
+	rep, err := b.runLoad(ctx, sec, "s2d", plotDur+2*time.Minute, args...)
+	if err != nil {
+		return err
+	}
+	hands := ed.HandOverList()
+	b.progress("2d: %d reloads (%d failed), %d hand-overs, %d failures", rep.Reloads.Count, rep.Reloads.Failed, len(hands), rep.Failures.All.Total)
+	sec.p("%s streams (`-streams %d -stream-interval %s -concurrency 0`: each one connection sending a 64 B message "+
+		"every %s and verifying every echoed byte; %s msg/s offered) for %s, with a SIGHUP every %s (echoload's "+
+		"reload ends when the pid file names the new generation, at the commit; the moves go on after it). "+
+		"Every reload hands every stream over (the staged hand-over: copies before the commit, each batch "+
+		"moved after it). Near a reload = overlapping [SIGHUP, commit + %s].",
+		fmtInt(plotStreams), plotStreams, plotInterval, plotInterval, fmtInt(int64(float64(plotStreams)/plotInterval.Seconds())),
+		plotDur, plotEvery, migReloadWindow)
+	var moved, took []string
+	for _, h := range hands {
+		moved = append(moved, itoa(h.moved))
+		took = append(took, fmtF(h.took.Seconds()*1000, 0))
+	}
+	sec.table([]string{"figure", "value", "target"}, [][]string{
+		{"reloads attempted / ok / failed", fmt.Sprintf("%d / %d / %d", rep.Reloads.Count, rep.Reloads.OK, rep.Reloads.Failed), "0 failed"},
+		{"connections moved, per hand-over (log)", strings.Join(moved, ", "), fmt.Sprintf("%d each", plotStreams)},
+		{"hand-over took, per reload (ms, log)", strings.Join(took, ", "), ""},
+		{"stream messages ok / stream connections", fmt.Sprintf("%s / %d", fmtInt(rep.Streams.Messages), rep.Streams.Connections), fmt.Sprintf("%d connections", plotStreams)},
+		{"failed operations", fmt.Sprintf("%d (%s)", rep.Failures.All.Total, failuresString(rep.Failures.All)), "0"},
+		{"RTT p99 / max steady (ms)", fmt.Sprintf("%s / %s", fmtF(rep.RTT.Steady.P99MS, 1), fmtF(rep.RTT.Steady.MaxMS, 1)), ""},
+		{"RTT p99 / max near a reload (ms)", fmt.Sprintf("%s / %s", fmtF(rep.RTT.NearReload.P99MS, 1), fmtF(rep.RTT.NearReload.MaxMS, 1)), "p99 < 100"},
+	})
+	b.describeFailures(sec, rep)
+	if plot != "" {
+		sec.p("![RTT p99 and max per 100 ms bucket of %s streams; each reload a dashed line, shaded from the SIGHUP to the commit](%s)", fmtInt(plotStreams), filepath.Base(plot))
+	}
+	return nil
 }
 
 func (b *bench) stormShort(ctx context.Context, sec *section) error {

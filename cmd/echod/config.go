@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,18 +33,34 @@ type config struct {
 	LogLevel       string        `toml:"log-level"`
 	FDStore        bool          `toml:"fdstore"`
 	Migrate        bool          `toml:"migrate"`
+	Metrics        string        `toml:"metrics"`
 
 	configFile             string
 	specs                  []handoff.Spec
 	checkOnly, showVersion bool // -check-config, -version
+	metricsSpec            handoff.Spec
 }
 
 func defaultConfig() config {
-	c := config{DrainTimeout: 30 * time.Second, UpgradeTimeout: 10 * time.Second, LogLevel: "info", Migrate: true}
-	if rd, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); rd != "" { // systemd's, the first if several
-		c.Control = rd + "/control.sock"
+	return config{DrainTimeout: 30 * time.Second, UpgradeTimeout: 10 * time.Second, LogLevel: "info", Migrate: true, Control: defaultControlPath()}
+}
+
+// defaultControlPath is the control socket echod makes, and its clients
+// ask, when none is given: under systemd $RUNTIME_DIRECTORY/control.sock
+// (RuntimeDirectory=, the first directory if several); else
+// $XDG_RUNTIME_DIR/echod/control.sock; else /run/echod/control.sock for
+// root and /tmp/echod-<uid>/control.sock for anyone else.
+func defaultControlPath() string {
+	if rd, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); rd != "" {
+		return filepath.Join(rd, "control.sock")
 	}
-	return c
+	if xdg := os.Getenv("XDG_RUNTIME_DIR"); filepath.IsAbs(xdg) {
+		return filepath.Join(xdg, "echod", "control.sock")
+	}
+	if os.Geteuid() == 0 {
+		return "/run/echod/control.sock"
+	}
+	return filepath.Join(os.TempDir(), "echod-"+strconv.Itoa(os.Geteuid()), "control.sock")
 }
 
 // flags binds every flag to c, with c's values as defaults.
@@ -63,10 +81,11 @@ func flags(c *config, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close connections idle this long (0: never)")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "most connections served at once; more wait in the kernel backlog (0: no limit)")
 	fs.StringVar(&c.PIDFile, "pid-file", c.PIDFile, "file naming the serving generation's pid (written atomically once it is ready)")
-	fs.StringVar(&c.Control, "control", c.Control, "control socket for 'echod reload|reload-status|status|stop' (default $RUNTIME_DIRECTORY/control.sock under systemd; empty: none)")
+	fs.StringVar(&c.Control, "control", c.Control, "control socket for 'echod reload|reload-status|status|stop' ($RUNTIME_DIRECTORY/control.sock under systemd, else $XDG_RUNTIME_DIR/echod/control.sock, else /run/echod/control.sock (root) or $TMPDIR/echod-UID/control.sock; empty: none)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&c.FDStore, "fdstore", c.FDStore, "keep the listeners echod binds in systemd's fd store (FileDescriptorStoreMax=), so restarts and crashes refuse no connection; with -migrate, the live connections too (a copy against a crash, all of them at a stop), served by the next process")
 	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "hand live connections to the new generation on reload (false: drain them in the old one)")
+	fs.StringVar(&c.Metrics, "metrics", c.Metrics, "serve Prometheus metrics over HTTP on this address (host:port, /path or unix:/path), a socket every generation inherits (empty: none)")
 	fs.BoolVar(&c.checkOnly, "check-config", false, "validate the flags and the config file as a reload would, then exit (0 valid, 2 invalid)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {
@@ -151,6 +170,19 @@ func (c *config) validate() error {
 			errs = append(errs, fmt.Errorf("control: %w", err))
 		} else if seen[s] {
 			errs = append(errs, fmt.Errorf("control: %s is also a listen address", c.Control))
+		}
+	}
+	if c.metricsSpec = (handoff.Spec{}); c.Metrics != "" {
+		s, err := handoff.ParseSpec(c.Metrics)
+		ctl, _ := handoff.ParseSpec("unix:" + c.Control)
+		dflt, _ := handoff.ParseSpec(defaultListen)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("metrics: %w", err))
+		case seen[s] || (len(c.Listen) == 0 && s == dflt) || (c.Control != "" && s == ctl):
+			errs = append(errs, fmt.Errorf("metrics: %s is also a listen address or the control socket", c.Metrics))
+		default:
+			c.metricsSpec = s
 		}
 	}
 	var lvl slog.Level

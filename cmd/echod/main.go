@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -24,6 +25,7 @@ import (
 	"github.com/echod/echod/daemon"
 	"github.com/echod/echod/handoff"
 	"github.com/echod/echod/handoff/control"
+	"github.com/echod/echod/handoff/metrics"
 	"github.com/echod/echod/systemd"
 )
 
@@ -38,6 +40,9 @@ func main() {
 // stop) or 2 (bad command line or configuration).
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && (args[0] == "reload" || args[0] == "reload-status" || args[0] == "status" || args[0] == "stop") {
+		if args[0] == "status" {
+			return runStatus(args[1:], stdout, stderr)
+		}
 		return runClient(args[0], args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "version" {
@@ -80,18 +85,32 @@ func serve(cfg config, stderr io.Writer) error {
 	}
 	fallback, _ := handoff.ParseSpec(defaultListen)
 	var srv *daemon.Server
+	// Counted (and carried to the next generation) even when not served.
+	m := metrics.New(metrics.Options{Version: version})
+	var web []handoff.HTTPEndpoint
+	if cfg.Metrics != "" {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", m.Handler())
+		web = append(web, handoff.HTTPEndpoint{Name: "metrics", Spec: cfg.metricsSpec, Handler: mux})
+	}
 	return handoff.Run(context.Background(), handoff.Config{
-		Options:      handoff.Options{UpgradeTimeout: cfg.UpgradeTimeout, PIDFile: cfg.PIDFile, Logger: log, FDStore: store, Notifier: notifier},
-		Listen:       cfg.specs,
-		Fallback:     []handoff.Spec{fallback},
-		Control:      cfg.Control,
-		DrainTimeout: cfg.DrainTimeout,
-		Signals:      sigs,
-		Systemd:      notifier,
-		Version:      version,
-		Migrate:      cfg.Migrate,
+		Options:  handoff.Options{UpgradeTimeout: cfg.UpgradeTimeout, PIDFile: cfg.PIDFile, Logger: log, FDStore: store, Notifier: notifier, Hooks: m.Hooks(), Carry: m.Carry},
+		HTTP:     web,
+		Listen:   cfg.specs,
+		Fallback: []handoff.Spec{fallback},
+		Control:  cfg.Control,
+		// The default path, not one asked for: another echod may serve it.
+		ControlIfFree: cfg.Control == defaultControlPath(),
+		DrainTimeout:  cfg.DrainTimeout,
+		Signals:       sigs,
+		Systemd:       notifier,
+		Version:       version,
+		Migrate:       cfg.Migrate,
 		NewServer: func(g *handoff.Generation, _ []*handoff.Listener) (handoff.Server, error) {
 			srv = daemon.New(daemon.Config{IdleTimeout: cfg.IdleTimeout, MaxConns: cfg.MaxConns, Logger: log.With("gen", g.Number())})
+			if err := m.Attach(g, srv.Stats); err != nil {
+				log.Warn("metrics: the reload series start at zero", "err", err)
+			}
 			return srv, nil
 		},
 		Status: func() string { return strconv.Itoa(srv.Stats().Active) + " connections" },

@@ -29,9 +29,14 @@ const chunkWords = 8
 
 // startStreams opens n streams to addr; it fails if one cannot connect.
 func startStreams(network, addr string, n int, interval time.Duration) (*streams, error) {
+	return startStreamsDial(func() (net.Conn, error) { return net.DialTimeout(network, addr, 10*time.Second) }, n, interval)
+}
+
+// startStreamsDial is startStreams with the connections made by dial.
+func startStreamsDial(dial func() (net.Conn, error), n int, interval time.Duration) (*streams, error) {
 	s := &streams{stop: make(chan struct{})}
 	for i := range n {
-		c, err := net.DialTimeout(network, addr, 10*time.Second)
+		c, err := dial()
 		if err != nil {
 			s.close()
 			return nil, fmt.Errorf("stream %d: %w", i, err)

@@ -76,24 +76,32 @@ type shippedSystem struct {
 // sysGoodEchod and echoload at /usr/local/bin/echoload. Nothing is started.
 func bootShipped(t testing.TB) *shippedSystem {
 	t.Helper()
-	var files []string // as make install: *.socket and *.service
-	for _, pat := range []string{"*.socket", "*.service"} {
+	return bootShippedWith(t, systemdtest.Systemd{}, "")
+}
+
+// bootShippedWith is bootShipped with the given systemd (the zero value:
+// the machine's) and, as make install picks them for it, the socket units
+// of systemd/units with the service units of systemd/units/sub ("254":
+// those for systemd 254 and later).
+func bootShippedWith(t testing.TB, sd systemdtest.Systemd, sub string) *shippedSystem {
+	t.Helper()
+	units := map[string]string{}
+	for _, pat := range []string{"*.socket", filepath.Join(sub, "*.service")} {
 		m, err := filepath.Glob(filepath.Join("..", "..", "systemd", "units", pat))
 		if err != nil {
 			t.Fatal(err)
 		}
-		files = append(files, m...)
-	}
-	if len(files) == 0 {
-		t.Fatal("no shipped unit files in systemd/units")
-	}
-	units := map[string]string{}
-	for _, f := range files {
-		units[filepath.Base(f)] = shippedUnit(t, filepath.Base(f))
+		if len(m) == 0 {
+			t.Fatalf("no shipped unit files systemd/units/%s", pat)
+		}
+		for _, f := range m {
+			units[filepath.Base(f)] = shippedUnit(t, filepath.Join(filepath.Dir(pat), filepath.Base(f)))
+		}
 	}
 	s := systemdtest.StartSystem(t, systemdtest.SystemConfig{
-		Binary: echodBin(t),
-		Units:  units,
+		Systemd: sd,
+		Binary:  echodBin(t),
+		Units:   units,
 		Files: map[string]systemdtest.SystemFile{
 			sysEchoload:  {Source: echoloadBin(t), Mode: 0o755},
 			sysGoodEchod: {Source: echodBin(t), Mode: 0o755},
@@ -235,13 +243,19 @@ func (l *backgroundLoad) finish(t testing.TB) (*echoload.Report, string) {
 	return l.s.report(t, l.js, l.out.Bytes()), l.out.String()
 }
 
-// status asks the serving generation for its status line over the control
-// socket, with the client of the shipped binary.
+// status asks the serving generation of echod.service for its status line
+// over the control socket, with the client of the shipped binary.
 func (s *shippedSystem) status(t testing.TB) string {
+	t.Helper()
+	return s.statusAt(t, sysControl)
+}
+
+// statusAt is status over the control socket at control (inside).
+func (s *shippedSystem) statusAt(t testing.TB, control string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := s.Command(ctx, sysGoodEchod, "status", "-control", sysControl, "-timeout", "10s").CombinedOutput()
+	out, err := s.Command(ctx, sysGoodEchod, "status", "-control", control, "-timeout", "10s").CombinedOutput()
 	if err != nil {
 		t.Fatalf("echod status: %v\n%s", err, out)
 	}
@@ -250,13 +264,19 @@ func (s *shippedSystem) status(t testing.TB) string {
 
 var connsRe = regexp.MustCompile(`, (\d+) connections`)
 
-// waitConns polls the status line until the serving generation has at
-// least n connections.
+// waitConns polls the status line until the serving generation of
+// echod.service has at least n connections.
 func (s *shippedSystem) waitConns(t testing.TB, n int, timeout time.Duration) {
+	t.Helper()
+	s.waitConnsAt(t, sysControl, n, timeout)
+}
+
+// waitConnsAt is waitConns over the control socket at control (inside).
+func (s *shippedSystem) waitConnsAt(t testing.TB, control string, n int, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		st := s.status(t)
+		st := s.statusAt(t, control)
 		if m := connsRe.FindStringSubmatch(st); m != nil {
 			if c, _ := strconv.Atoi(m[1]); c >= n {
 				return
@@ -328,8 +348,12 @@ func TestSystemManagerReloadUnderLoad(t *testing.T) {
 	s.waitConns(t, 10, 20*time.Second) // both loads run: their streams are connected
 
 	begin := time.Now()
+	var took []time.Duration
 	for i := 1; i <= 20; i++ {
-		if out, err := s.Systemctl(context.Background(), "reload", "echod.service"); err != nil {
+		t0 := time.Now()
+		out, err := s.Systemctl(context.Background(), "reload", "echod.service")
+		took = append(took, time.Since(t0))
+		if err != nil {
 			t.Fatalf("reload %d: %v\n%s\n%s", i, err, out, s.Journal(t, "echod.service"))
 		}
 		p := s.show(t)
@@ -341,7 +365,7 @@ func TestSystemManagerReloadUnderLoad(t *testing.T) {
 			t.Fatalf("after reload %d: the serving generation says %q, want %q…", i, st, want)
 		}
 	}
-	t.Logf("20 reloads under load in %v", time.Since(begin).Round(time.Millisecond))
+	t.Logf("20 reloads under load in %v; systemctl reload %s", time.Since(begin).Round(time.Millisecond), durations(took))
 	rt, outT := lt.stop(t)
 	ru, outU := lu.stop(t)
 	checkReport(t, "tcp load", rt, outT)
@@ -363,12 +387,32 @@ func TestSystemManagerReloadUnderLoad(t *testing.T) {
 	}
 }
 
+// durations summarises how long each of ds took: median and max.
+func durations(ds []time.Duration) string {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("median %v, max %v (%d)", s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond), len(s))
+}
+
 // after reports whether the decimal a is greater than b.
 func after(a, b string) bool {
 	x, err1 := strconv.ParseUint(a, 10, 64)
 	y, err2 := strconv.ParseUint(b, 10, 64)
 	return err1 == nil && err2 == nil && x > y
 }
+
+// brokenEchod is a broken build of echod for /usr/local/bin/echod: it runs
+// the client commands (ExecReload= and ExecStop= are "echod reload" or
+// "echod reload-status" and "echod stop") with a good binary; as a daemon,
+// it exits 1 at once.
+const brokenEchod = `#!/bin/sh
+case "$1" in reload|reload-status|status|stop) exec ` + sysGoodEchod + ` "$@" ;; esac
+echo "echod: broken build (test)" >&2
+exit 1
+`
 
 // TestSystemManagerFailedReload: with a broken build at
 // /usr/local/bin/echod, `systemctl reload` fails and says why (in the
@@ -381,14 +425,7 @@ func after(a, b string) bool {
 func TestSystemManagerFailedReload(t *testing.T) {
 	s := bootShipped(t)
 	pid := s.activate(t)
-	// The broken build runs the client commands (ExecReload= and
-	// ExecStop= are "echod reload" and "echod stop") with a good binary;
-	// as a daemon, it exits 1 at once.
-	s.WriteFile(t, systemdtest.SystemBinary, []byte(`#!/bin/sh
-case "$1" in reload|status|stop) exec `+sysGoodEchod+` "$@" ;; esac
-echo "echod: broken build (test)" >&2
-exit 1
-`), 0o755)
+	s.WriteFile(t, systemdtest.SystemBinary, []byte(brokenEchod), 0o755)
 	out, err := s.Systemctl(context.Background(), "reload", "echod.service")
 	if err == nil {
 		t.Fatalf("systemctl reload with a broken binary succeeded:\n%s", out)
@@ -518,6 +555,14 @@ func TestSystemManagerRestartAfterKill(t *testing.T) {
 // read-only root.
 func TestSystemManagerSandbox(t *testing.T) {
 	s := bootShipped(t)
+	s.checkSandbox(t)
+}
+
+// checkSandbox activates echod.service and checks that the hardening of
+// the unit is applied to the first generation and to the one a reload
+// starts (see TestSystemManagerSandbox); they then echo.
+func (s *shippedSystem) checkSandbox(t testing.TB) {
+	t.Helper()
 	pid := s.activate(t)
 	for i := range 2 {
 		if i > 0 {

@@ -18,12 +18,18 @@ import (
 // systemctl and systemd-analyze that speak to it, and the directory of its
 // private libraries when it is not the system's own.
 type Systemd struct {
-	Manager   string // the systemd binary, started with --user
+	Manager   string // the systemd binary (started with --user by Start)
 	Systemctl string
 	Analyze   string // systemd-analyze
 	// LibDir, when set, is the LD_LIBRARY_PATH the three need
 	// (libsystemd-shared-N.so of an extracted package).
 	LibDir string
+	// Root, when set, is the tree the installation's packages were
+	// extracted into (dpkg -x), laid out as on an installed system
+	// (Root/lib/systemd/systemd, Root/bin/systemctl, ...). [StartSystem]
+	// installs it into the system manager's root, over the machine's
+	// systemd, so that PID 1 finds its own helpers and units there.
+	Root string
 	// Version is the major version, from "systemd --version".
 	Version int
 }
@@ -90,6 +96,7 @@ func Backports254(t testing.TB) Systemd {
 		Systemctl: filepath.Join(root, "bin/systemctl"),
 		Analyze:   filepath.Join(root, "usr/bin/systemd-analyze"),
 		LibDir:    filepath.Join(root, "usr/lib/x86_64-linux-gnu/systemd"),
+		Root:      root,
 	}
 	if _, err := os.Stat(sd.Manager); err != nil {
 		if err := fetch254(root); err != nil {

@@ -8,9 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A system manager is systemd booted as PID 1 of fresh cgroup, pid, mount,
@@ -60,6 +65,16 @@ var maskedUnits = []string{
 // before it boots. Everything lands in the overlay (in memory), never on
 // the machine's root filesystem.
 type SystemConfig struct {
+	// Systemd is the systemd the manager runs; the zero value is the
+	// machine's own ([Installed]). When its Root is set (as by
+	// [Backports254]), the tree there is first copied into the root, over
+	// the machine's systemd (its manager, helpers such as systemd-journald
+	// and systemd-shutdown, unit files and libraries), and PID 1 is its
+	// manager at the same place inside (/lib/systemd/systemd); else PID 1
+	// is its Manager, with LibDir as LD_LIBRARY_PATH. Either way
+	// [System.Systemctl] runs its Systemctl, and [System.Journal] the
+	// journalctl next to it when there is one.
+	Systemd Systemd
 	// Binary is a file on the host installed, mode 0755, at SystemBinary
 	// (/usr/local/bin/echod). Empty: none.
 	Binary string
@@ -83,14 +98,17 @@ type SystemFile struct {
 // System is a running systemd system manager owned by one test; see
 // [StartSystem].
 type System struct {
-	name    string
-	cmd     *exec.Cmd // unshare, whose child is the manager
-	pid     int       // host pid of the manager (PID 1 inside)
-	cgroups []string  // the manager's cgroups on the host, removed by Stop
-	out     *syncBuffer
-	done    chan struct{} // closed once cmd.Wait has returned
-	waitErr error         // result of cmd.Wait, valid after done
-	booted  bool          // StartSystem saw it ready (else it reported why not)
+	name       string
+	sd         Systemd
+	systemctl  string // the programs run by Systemctl and Journal
+	journalctl string
+	cmd        *exec.Cmd // unshare, whose child is the manager
+	pid        int       // host pid of the manager (PID 1 inside)
+	cgroups    []string  // the manager's cgroups on the host, removed by Stop
+	out        *syncBuffer
+	done       chan struct{} // closed once cmd.Wait has returned
+	waitErr    error         // result of cmd.Wait, valid after done
+	booted     bool          // StartSystem saw it ready (else it reported why not)
 
 	stopMu  sync.Mutex
 	stopped bool
@@ -113,9 +131,11 @@ type System struct {
 // of / with its writes in a tmpfs; a fresh proc with /proc/sys read-only; a
 // read-only sysfs; a tmpfs on /sys/fs/cgroup with fresh mounts of every
 // cgroup hierarchy (rooted at the cgroups above by the cgroup namespace),
-// remounted read-only; a minimal /dev; tmpfs on /run and /tmp; cfg's files;
-// maskedUnits masked. It sets the hostname to NAME, pivots into the root
-// and execs SystemdPath --system --unit=basic.target --log-target=journal.
+// remounted read-only; a minimal /dev; tmpfs on /run and /tmp. It pivots
+// into the root, copies cfg.Systemd.Root there if set, then cfg's files,
+// masks maskedUnits, sets the hostname to NAME and execs the manager
+// (SystemdPath unless cfg.Systemd says otherwise) with --system
+// --unit=basic.target --log-target=journal.
 // The network namespace has its own loopback (the manager brings lo up), so
 // a socket unit on 127.0.0.1:7007 clashes with nothing on the machine; reach
 // it with a client run by [System.Command].
@@ -133,12 +153,21 @@ type System struct {
 // is not permitted; it calls t.Fatal on any other failure.
 func StartSystem(t testing.TB, cfg SystemConfig) *System {
 	t.Helper()
-	if fi, err := os.Stat(SystemdPath); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		t.Skipf("systemdtest: %s not available (%v); a real systemd is needed", SystemdPath, err)
+	sd := cfg.Systemd
+	if sd.Manager == "" {
+		sd = Installed()
 	}
-	for _, prog := range []string{"systemctl", "journalctl", "unshare", "nsenter", "setpriv", "sh", "tar", "mount", "pivot_root", "hostname"} {
+	if fi, err := os.Stat(sd.Manager); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		t.Skipf("systemdtest: %s not available (%v); a real systemd is needed", sd.Manager, err)
+	}
+	boot, err := sd.bootSpec()
+	if err != nil {
+		t.Fatalf("systemdtest: %v", err)
+	}
+	journalctl := sd.journalctl()
+	for _, prog := range []string{sd.Systemctl, journalctl, "unshare", "nsenter", "setpriv", "sh", "tar", "cp", "touch", "mount", "pivot_root", "hostname"} {
 		if _, err := exec.LookPath(prog); err != nil {
-			t.Skipf("systemdtest: %s not found in PATH: %v", prog, err)
+			t.Skipf("systemdtest: %s not found: %v", prog, err)
 		}
 	}
 	if os.Geteuid() != 0 {
@@ -148,7 +177,7 @@ func StartSystem(t testing.TB, cfg SystemConfig) *System {
 	if err != nil {
 		t.Fatalf("systemdtest: %v", err)
 	}
-	s := &System{name: UniqueName("sdsys"), out: &syncBuffer{}, done: make(chan struct{})}
+	s := &System{name: UniqueName("sdsys"), sd: sd, systemctl: sd.Systemctl, journalctl: journalctl, out: &syncBuffer{}, done: make(chan struct{})}
 	hs, err := cgroupHierarchies()
 	if err != nil {
 		t.Skipf("systemdtest: cannot give a system manager cgroups of its own here: %v", err)
@@ -163,7 +192,7 @@ func StartSystem(t testing.TB, cfg SystemConfig) *System {
 		}
 		t.Fatalf("systemdtest: %v", err)
 	}
-	script, err := bootScript(hs)
+	script, err := bootScript(hs, boot)
 	if err != nil {
 		t.Fatalf("systemdtest: %v", err)
 	}
@@ -313,17 +342,105 @@ func (s *System) Command(ctx context.Context, name string, args ...string) *exec
 	return cmd
 }
 
+// Dial connects, from the test process itself, to address (an IP address
+// and port, such as 127.0.0.1:7007: the manager's loopback) on the named
+// network ("tcp", "tcp4", "tcp6", "udp", ...) in the manager's network
+// namespace. The connection is the test's own, with no program inside in
+// between, so the test can keep and check it like any other. Unix sockets
+// are not supported (their paths are in the manager's mount namespace):
+// use a client run by [System.Command]. Nor are host names: resolving one,
+// or dialling several addresses, would happen on other threads, in the
+// machine's namespace.
+func (s *System) Dial(ctx context.Context, network, address string) (net.Conn, error) {
+	if !strings.HasPrefix(network, "tcp") && !strings.HasPrefix(network, "udp") {
+		return nil, fmt.Errorf("systemdtest: Dial %s %s: only tcp and udp are supported", network, address)
+	}
+	if _, err := netip.ParseAddrPort(address); err != nil {
+		return nil, fmt.Errorf("systemdtest: Dial %s %s: want an IP address and port: %w", network, address, err)
+	}
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// A socket belongs to the network namespace of the thread
+		// that makes it, for good. This goroutine's thread moves into
+		// the manager's namespace for the dial, then back. It must
+		// not end with the goroutine (what a thread still locked
+		// does): unshare's parent-death signal (SIGKILL) goes with
+		// the thread that started it, which may be this one.
+		runtime.LockOSThread()
+		c, back, err := s.dialInside(ctx, network, address)
+		if back {
+			runtime.UnlockOSThread()
+		} // else the thread, in an unknown namespace, ends with the goroutine
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		return nil, fmt.Errorf("systemdtest: Dial %s %s in %s: %w", network, address, s.name, r.err)
+	}
+	return r.c, nil
+}
+
+// dialInside dials from the calling thread, locked, moved into the
+// manager's network namespace for the dial. It reports whether the thread
+// is back in its own namespace.
+func (s *System) dialInside(ctx context.Context, network, address string) (net.Conn, bool, error) {
+	self, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return nil, true, err
+	}
+	defer self.Close()
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", s.pid))
+	if err != nil {
+		return nil, true, err
+	}
+	defer ns.Close()
+	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+		return nil, true, fmt.Errorf("setns: %w", err)
+	}
+	// One address, no resolver: the socket is made on this thread.
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, address)
+	if rerr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); rerr != nil {
+		if c != nil {
+			c.Close()
+		}
+		return nil, false, errors.Join(err, fmt.Errorf("setns back: %w", rerr))
+	}
+	return c, true, err
+}
+
+// Systemd returns the installation of systemd the manager runs (see
+// [SystemConfig.Systemd]).
+func (s *System) Systemd() Systemd { return s.sd }
+
+// SystemdCommand is [System.Command] for one of the programs of the
+// manager's installation of systemd (such as s.Systemd().Analyze): it runs
+// with the installation's LibDir, if any, as LD_LIBRARY_PATH. The path is
+// the same inside as on the machine (the root is an overlay of /).
+func (s *System) SystemdCommand(ctx context.Context, prog string, args ...string) *exec.Cmd {
+	cmd := s.Command(ctx, prog, args...)
+	if s.sd.LibDir != "" {
+		cmd.Env = append(cmd.Env, "LD_LIBRARY_PATH="+s.sd.LibDir)
+	}
+	return cmd
+}
+
 // Systemctl runs "systemctl --no-pager args..." inside the manager's
-// namespaces and returns its combined output. When ctx has no deadline, the
-// call is bounded by SystemctlTimeout. The error, if any, includes the
-// output.
+// namespaces, with the systemctl of its installation (see
+// [SystemConfig.Systemd]), and returns its combined output. When ctx has
+// no deadline, the call is bounded by SystemctlTimeout. The error, if any,
+// includes the output.
 func (s *System) Systemctl(ctx context.Context, args ...string) (string, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, SystemctlTimeout)
 		defer cancel()
 	}
-	out, err := s.Command(ctx, "systemctl", append([]string{"--no-pager"}, args...)...).CombinedOutput()
+	out, err := s.SystemdCommand(ctx, s.systemctl, append([]string{"--no-pager"}, args...)...).CombinedOutput()
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			err = fmt.Errorf("%w (%w)", err, ctxErr)
@@ -404,7 +521,7 @@ func (s *System) journal(args ...string) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), SystemctlTimeout)
 	defer cancel()
-	out, err := s.Command(ctx, "journalctl", args...).CombinedOutput()
+	out, err := s.SystemdCommand(ctx, s.journalctl, args...).CombinedOutput()
 	if err != nil {
 		return fmt.Sprintf("%s(journalctl: %v)", out, err)
 	}

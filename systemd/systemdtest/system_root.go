@@ -33,10 +33,68 @@ exec unshare --cgroup --pid --fork --kill-child=SIGKILL --mount --propagation pr
 // safeWord matches what bootScript writes into the script unquoted.
 var safeWord = regexp.MustCompile(`^[A-Za-z0-9_.,=:+-]+$`)
 
+// bootSpec says which systemd the boot script starts, and how.
+type bootSpec struct {
+	install string // a tree to copy into the root ([Systemd.Root]), or ""
+	manager string // the manager binary: a path inside the root
+	libDir  string // LD_LIBRARY_PATH for the manager, or ""
+}
+
+// hiddenInside are the directories of the machine's root that the system
+// manager's root covers with mounts of its own: what is below them on the
+// machine cannot be seen inside.
+var hiddenInside = []string{"/dev", "/proc", "/run", "/sys", "/tmp"}
+
+// bootSpec returns how to boot sd as the system manager. Its paths are used
+// inside the root, where they are those of the machine (the root is an
+// overlay of /), so they must not be below hiddenInside.
+func (sd Systemd) bootSpec() (bootSpec, error) {
+	for _, p := range []string{sd.Manager, sd.Systemctl, sd.Root, sd.LibDir} {
+		if !filepath.IsAbs(p) {
+			continue // "" or a program found in PATH
+		}
+		for _, h := range hiddenInside {
+			if p == h || strings.HasPrefix(p, h+"/") {
+				return bootSpec{}, fmt.Errorf("systemd installation at %s: below %s, which the system manager's root hides", p, h)
+			}
+		}
+	}
+	if !filepath.IsAbs(sd.Manager) {
+		return bootSpec{}, fmt.Errorf("systemd manager %q: not an absolute path", sd.Manager)
+	}
+	if sd.Root == "" {
+		return bootSpec{manager: sd.Manager, libDir: sd.LibDir}, nil
+	}
+	rel, err := filepath.Rel(sd.Root, sd.Manager)
+	if err != nil || !filepath.IsLocal(rel) || !filepath.IsAbs(sd.Root) {
+		return bootSpec{}, fmt.Errorf("systemd manager %s is not below its Root %q", sd.Manager, sd.Root)
+	}
+	// Once the tree is copied, its programs find their libraries where
+	// their RUNPATH says, as on an installed system.
+	return bootSpec{install: filepath.Clean(sd.Root), manager: "/" + rel}, nil
+}
+
+// journalctl returns the journalctl to read the manager's journal with:
+// the one next to sd's systemctl if there is one, else the machine's.
+func (sd Systemd) journalctl() string {
+	if filepath.IsAbs(sd.Systemctl) {
+		j := filepath.Join(filepath.Dir(sd.Systemctl), "journalctl")
+		if fi, err := os.Stat(j); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return j
+		}
+	}
+	return "journalctl"
+}
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
 // bootScript returns the script run as PID 1 of the new namespaces: it
-// builds the root, with the payload tar archive read from stdin, pivots
-// into it and execs the manager.
-func bootScript(hs []hierarchy) (string, error) {
+// builds the root, pivots into it, installs boot.install and the payload
+// tar archive read from stdin there and execs the manager.
+func bootScript(hs []hierarchy, boot bootSpec) (string, error) {
 	var b strings.Builder
 	line := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 	line("set -eu")
@@ -95,21 +153,43 @@ func bootScript(hs []hierarchy) (string, error) {
 	line("ln -s /proc/self/fd/0 dev/stdin; ln -s /proc/self/fd/1 dev/stdout; ln -s /proc/self/fd/2 dev/stderr")
 	line("mount -t tmpfs -o mode=0755,nosuid,nodev run run")
 	line("mount -t tmpfs -o mode=1777,nosuid,nodev tmp tmp")
-	// The payload, then the masks (which win over a payload's unit).
-	line("tar -x -f - -C .")
-	line("exec </dev/null")
-	line("mkdir -p .%s", SystemUnitDir)
-	for _, u := range maskedUnits {
-		line("ln -sf /dev/null .%s/%s", SystemUnitDir, u)
-	}
-	// systemd sets the hostname from /etc/hostname at boot.
-	line(`hostname "$container"; echo "$container" > etc/hostname`)
 	line("mkdir -p oldroot")
 	line("pivot_root . oldroot")
 	line("cd /")
 	line("umount -l /oldroot")
 	line("rmdir /oldroot")
-	line("exec %s --system --unit=basic.target --show-status=no --log-target=journal", SystemdPath)
+	// From here on / is the overlay: whatever a symbolic link points to,
+	// a write lands there.
+	if boot.install != "" {
+		// A systemd tree (dpkg -x) over the machine's: each top-level
+		// directory into what the root has there (bin -> usr/bin: into
+		// /usr/bin), replacing files and links.
+		// /usr keeps its time of modification: newer than
+		// /etc/.updated (where the machine has one), it would make
+		// the units with ConditionNeedsUpdate= (ldconfig, sysusers,
+		// the journal catalog) run at every boot.
+		line("touch -r /usr /run/sdsys-usr-time")
+		line("for d in %s/*; do", shellQuote(boot.install))
+		line(`  n=${d##*/}`)
+		line(`  if [ -d "$d" ] && [ ! -L "$d" ]; then mkdir -p "/$n" && cp -a --remove-destination "$d/." "/$n/"`)
+		line(`  else cp -a --remove-destination "$d" "/$n"; fi`)
+		line("done")
+		line("touch -r /run/sdsys-usr-time /usr && rm /run/sdsys-usr-time")
+	}
+	// The payload, then the masks (which win over a payload's unit).
+	line("tar -x -f - -C /")
+	line("exec </dev/null")
+	line("mkdir -p %s", SystemUnitDir)
+	for _, u := range maskedUnits {
+		line("ln -sf /dev/null %s/%s", SystemUnitDir, u)
+	}
+	// systemd sets the hostname from /etc/hostname at boot.
+	line(`hostname "$container"; echo "$container" > /etc/hostname`)
+	exec := "exec "
+	if boot.libDir != "" {
+		exec += "env LD_LIBRARY_PATH=" + shellQuote(boot.libDir) + " "
+	}
+	line("%s%s --system --unit=basic.target --show-status=no --log-target=journal", exec, shellQuote(boot.manager))
 	s := b.String()
 	for _, h := range hs {
 		for _, w := range []string{h.subdir(), h.options()} {

@@ -5,6 +5,7 @@ package systemdtest_test
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"regexp"
 	"strconv"
@@ -26,6 +27,9 @@ func TestSystemManager(t *testing.T) {
 			Units: map[string]string{
 				"sdtest.service": "[Service]\nType=exec\nExecStart=/bin/sleep 600\n" +
 					"DynamicUser=yes\nPrivateTmp=yes\nProtectSystem=strict\nPrivateDevices=yes\nNoNewPrivileges=yes\n",
+				// An echo service on the manager's loopback, for Dial.
+				"sdecho.socket":   "[Socket]\nListenStream=127.0.0.1:7007\nAccept=yes\n",
+				"sdecho@.service": "[Service]\nExecStart=/bin/cat\nStandardInput=socket\n",
 			},
 			Files: map[string]systemdtest.SystemFile{
 				"/etc/sdtest/hello": {Data: []byte("hello\n")},
@@ -71,6 +75,24 @@ func TestSystemManager(t *testing.T) {
 				t.Errorf("the cancelled sleep 601 still runs inside: %s", out)
 				break
 			}
+		}
+
+		// Dial reaches the manager's loopback from the test process.
+		s.MustSystemctl(t, "start", "sdecho.socket")
+		c, err := s.Dial(ctx, "tcp", "127.0.0.1:7007")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 6)
+		if _, err := c.Write([]byte("hello\n")); err != nil {
+			t.Errorf("writing to the manager's echo service: %v", err)
+		} else if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hello\n" {
+			t.Errorf("echo through Dial: %q, %v; want %q", buf, err, "hello\n")
+		}
+		c.Close()
+		if _, err := s.Dial(ctx, "tcp", "localhost:7007"); err == nil {
+			t.Errorf("Dial accepted a host name")
 		}
 
 		s.MustSystemctl(t, "start", "sdtest.service")
@@ -124,4 +146,57 @@ func readProcFile(t *testing.T, pid int, name string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestSystemManager254: systemd 254 (Debian's backports, extracted; see
+// Backports254) boots as the system manager, its tree installed in the
+// root over the machine's systemd: PID 1, systemctl, journald and the
+// helpers are 254's, a Type=notify-reload unit (253 and later) loads and
+// runs sandboxed, the journal is read (with 254's journalctl), and Stop
+// powers it off cleanly (with 254's systemd-shutdown).
+func TestSystemManager254(t *testing.T) {
+	sd := systemdtest.Backports254(t)
+	s := systemdtest.StartSystem(t, systemdtest.SystemConfig{
+		Systemd: sd,
+		Units: map[string]string{
+			"sdtest.service": "[Service]\nType=notify-reload\nNotifyAccess=all\n" +
+				"ExecStart=/bin/sh -c 'systemd-notify --ready && exec sleep 600'\n" +
+				"DynamicUser=yes\nPrivateTmp=yes\nProtectSystem=strict\n",
+		},
+	})
+	if got := s.Systemd(); got.Root != sd.Root {
+		t.Errorf("System.Systemd() = %+v, want %+v", got, sd)
+	}
+	if v := systemdtest.ParseShow(s.MustSystemctl(t, "show", "-p", "Version"))["Version"]; !strings.HasPrefix(v, "254") {
+		t.Fatalf("the manager's Version = %q, want 254…", v)
+	}
+	if out := s.MustSystemctl(t, "--version"); !strings.HasPrefix(out, "systemd 254 ") {
+		t.Errorf("systemctl --version inside: %q, want systemd 254", out)
+	}
+	// The manager's helpers inside are 254's: journald runs the binary
+	// of the tree, installed at /lib/systemd.
+	p := s.WaitFor(t, 10*time.Second, "systemd-journald.service", func(p map[string]string) bool {
+		return p["ActiveState"] == "active" && p["MainPID"] != "0"
+	}, "ActiveState", "MainPID")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, c := range [][]string{
+		{"cmp", sd.Root + "/lib/systemd/systemd-journald", "/proc/" + p["MainPID"] + "/exe"},
+		{"cmp", sd.Root + "/lib/systemd/systemd-shutdown", "/lib/systemd/systemd-shutdown"},
+		{"cmp", sd.Root + "/lib/systemd/systemd", "/proc/1/exe"},
+	} {
+		if out, err := s.Command(ctx, c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Errorf("%s inside: %v: %s", strings.Join(c, " "), err, out)
+		}
+	}
+	s.MustSystemctl(t, "start", "sdtest.service")
+	if p := s.Show(t, "sdtest.service", "ActiveState", "Type"); p["ActiveState"] != "active" || p["Type"] != "notify-reload" {
+		t.Errorf("sdtest.service: %v, want active, Type=notify-reload", p)
+	}
+	if j := s.Journal(t, "sdtest.service"); !strings.Contains(j, "Started sdtest.service") {
+		t.Errorf("journal of sdtest.service lacks its start:\n%s", s.Journal(t, ""))
+	}
+	if err := s.Stop(); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
 }

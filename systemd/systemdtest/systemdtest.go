@@ -70,9 +70,13 @@
 // overlay of the machine's root whose writes stay in memory, with the unit
 // files and binaries of [SystemConfig] installed there (/etc/systemd/system,
 // /usr/local/bin/echod). Unit files then run unchanged, hardening included,
-// on their own loopback. [System.Command] runs a program (a client, cat,
-// journalctl) inside its namespaces through nsenter; [System.Stop] powers it
-// off and removes its cgroups. It is no security boundary.
+// on their own loopback. [SystemConfig.Systemd] boots another systemd than
+// the machine's: systemd 254 from [Backports254], whose tree is then
+// installed in the root over the machine's. [System.Command] runs a program
+// (a client, cat, journalctl) inside its namespaces through nsenter;
+// [System.Dial] connects the test process itself to the manager's loopback;
+// [System.Stop] powers it off and removes its cgroups. It is no security
+// boundary.
 package systemdtest
 
 import (

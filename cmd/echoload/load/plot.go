@@ -18,6 +18,8 @@ var (
 	colorReload = color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}
 	colorFailed = color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}
 	colorPend   = color.RGBA{R: 0x7f, G: 0x7f, B: 0x7f, A: 0xff}
+	// colorSpan shades a reload in progress, translucent.
+	colorSpan = color.NRGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0x30}
 )
 
 // CheckPlotPath reports whether path has an extension WritePlot supports.
@@ -31,7 +33,8 @@ func CheckPlotPath(path string) error {
 
 // WritePlot draws RTT latency over time (p99 and max per timeline bucket),
 // marks each reload with a vertical line (red if it failed, grey if still
-// pending when the run ended) and each bucket
+// pending when the run ended), shades each completed one from its start to
+// its end, and marks each bucket
 // with failures with a red cross on the time axis, and saves it to path; the
 // format follows the extension (.png, .svg or .pdf).
 func (rep *Report) WritePlot(path string) error {
@@ -56,7 +59,24 @@ func (rep *Report) WritePlot(path string) error {
 	}
 	ymax *= 1.05
 
-	// Reload markers first, so the latency lines are drawn over them.
+	// Reload spans and markers first, so the latency lines are drawn over
+	// them. A completed reload's span, from its start to its end (the pid
+	// file naming the new process, or the command's exit), is shaded.
+	var span *plotter.Polygon
+	for _, ev := range rep.Reloads.Events {
+		if !ev.OK || ev.DurationMS <= 0 {
+			continue
+		}
+		x0, x1 := ev.StartMS/1000, (ev.StartMS+ev.DurationMS)/1000
+		poly, err := plotter.NewPolygon(plotter.XYs{{X: x0, Y: 0}, {X: x1, Y: 0}, {X: x1, Y: ymax}, {X: x0, Y: ymax}})
+		if err != nil {
+			return fmt.Errorf("plot reload span: %w", err)
+		}
+		poly.Color = colorSpan
+		poly.LineStyle.Width = 0
+		p.Add(poly)
+		span = poly
+	}
 	var okMark, failMark, pendMark *plotter.Line
 	for _, ev := range rep.Reloads.Events {
 		x := ev.StartMS / 1000
@@ -97,6 +117,9 @@ func (rep *Report) WritePlot(path string) error {
 	}
 	if okMark != nil {
 		p.Legend.Add("reload", okMark)
+	}
+	if span != nil {
+		p.Legend.Add("reload in progress", span)
 	}
 	if failMark != nil {
 		p.Legend.Add("failed reload", failMark)
