@@ -39,10 +39,22 @@ FUZZ_TARGETS := ./handoff:FuzzParseSpec ./handoff:FuzzStoreName ./systemd:FuzzPa
 	./handoff/control:FuzzParseReply
 FUZZTIME ?= 30s
 
+# A target that fails with a bare "context deadline exceeded" and wrote no
+# failing input hit Go 1.26's fuzz coordinator race at the -fuzztime
+# deadline (golang/go#75804, fixed in Go 1.27), not a finding: it is run
+# again, up to 3 times. Any other failure fails at once.
 fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
-	@set -e; for t in $(FUZZ_TARGETS); do \
-	  echo "== $${t#*:} ($${t%%:*})"; \
-	  $(GO) test -run='^$$' -fuzz="^$${t#*:}$$" -fuzztime=$(FUZZTIME) $${t%%:*}; done
+	@for t in $(FUZZ_TARGETS); do \
+	  for try in 1 2 3; do \
+	    echo "== $${t#*:} ($${t%%:*})"; \
+	    out=$$($(GO) test -run='^$$' -fuzz="^$${t#*:}$$" -fuzztime=$(FUZZTIME) $${t%%:*} 2>&1); rc=$$?; \
+	    echo "$$out" | grep -v '^fuzz: elapsed'; \
+	    [ $$rc -eq 0 ] && break; \
+	    if [ $$try -lt 3 ] && grep -q 'context deadline exceeded' <<<"$$out" && ! grep -q 'Failing input written' <<<"$$out"; then \
+	      echo "   (Go's fuzz coordinator deadline race, golang/go#75804: no input failed; again)"; continue; fi; \
+	    exit 1; \
+	  done; \
+	done
 
 bench: build ## benchmark scenarios (echoload, real systemd, Go benchmarks); writes cmd/echobench/RESULTS.md
 	$(GO) run ./cmd/echobench -echod $(BIN)/echod -echoload $(BIN)/echoload -out cmd/echobench/RESULTS.md

@@ -27,7 +27,7 @@ type genResources struct {
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 
-func resourcesOf(t *testing.T, in *instance, pid int) genResources {
+func resourcesOf(t testing.TB, in *instance, pid int) genResources {
 	t.Helper()
 	r := genResources{pid: pid}
 	for _, target := range fdTargets(t, pid) {
@@ -85,14 +85,48 @@ func TestSoakReloads(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: 200 reloads")
 	}
-	const streams, reloads = 500, 200
+	first, last := soakReloads(t, 500, 200)
+	if last.fds-last.conns != first.fds-first.conns || last.pipes != first.pipes || first.conns < 500 {
+		t.Errorf("descriptors besides the connections after reload 200: %d (%d pipes), after reload 1: %d (%d pipes)", last.fds-last.conns, last.pipes, first.fds-first.conns, first.pipes)
+	}
+	if last.goroutines-last.conns != first.goroutines-first.conns {
+		t.Errorf("goroutines besides the connections after reload 200: %d, after reload 1: %d", last.goroutines-last.conns, first.goroutines-first.conns)
+	}
+	if d := float64(last.rssKiB-first.rssKiB) / float64(first.rssKiB); d > 0.10 || d < -0.10 {
+		t.Errorf("RSS after reload 200: %d KiB, after reload 1: %d KiB (%+.0f%%)", last.rssKiB, first.rssKiB, 100*d)
+	}
+	if len(last.listenEnv)+len(first.listenEnv) > 0 {
+		t.Errorf("hand-over variables in a generation's environment: %v %v", first.listenEnv, last.listenEnv)
+	}
+}
+
+// BenchmarkSoakReloads reports what TestSoakReloads checks: the live
+// generation's descriptors, goroutines and RSS after the 1st and the
+// 200th reload with 500 streams open (make bench, scenario 3).
+func BenchmarkSoakReloads(b *testing.B) {
+	first, last := soakReloads(b, 500, 200)
+	b.ReportMetric(float64(first.fds), "fds-after-1")
+	b.ReportMetric(float64(last.fds), "fds-after-200")
+	b.ReportMetric(float64(first.goroutines), "goroutines-after-1")
+	b.ReportMetric(float64(last.goroutines), "goroutines-after-200")
+	b.ReportMetric(float64(first.rssKiB), "rss-KiB-after-1")
+	b.ReportMetric(float64(last.rssKiB), "rss-KiB-after-200")
+}
+
+// soakReloads runs the soak: reloads reloads with streams streams open,
+// short-connection load from the 2nd to the one before the last; it fails
+// tb when a stream or a short connection fails, and returns what the live
+// generation held after the 1st and after the last reload.
+func soakReloads(t testing.TB, streams, reloads int) (first, last genResources) {
+	n := int64(streams)
+	t.Helper()
 	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "1m", "-log-level", "info")
 	st, err := startStreams("tcp", in.addrs[0], streams, 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.close()
-	waitRounds(t, st, streams)
+	waitRounds(t, st, n)
 	// The short-connection load runs from reload 2 to reload 199: the
 	// generations measured (after reloads 1 and 200) hold the streams alone.
 	var lt *load
@@ -105,13 +139,12 @@ func TestSoakReloads(t *testing.T) {
 		return ok, failed, errs
 	}
 	defer stopLoad()
-	var first, last genResources
 	settle := func(gen int) genResources {
 		t.Helper()
 		pid := in.readyPID(gen)
 		// The previous generation gone and every stream served here: the
 		// figures are this generation's alone.
-		waitRounds(t, st, 2*streams)
+		waitRounds(t, st, 2*n)
 		return resourcesOf(t, in, pid)
 	}
 	var ok, failed int64
@@ -148,19 +181,6 @@ func TestSoakReloads(t *testing.T) {
 	}
 	t.Logf("after reload 1: %+v", first)
 	t.Logf("after reload %d: %+v", reloads, last)
-	// A short connection may be open when either is read: compare what is
-	// not a connection.
-	if last.fds-last.conns != first.fds-first.conns || last.pipes != first.pipes || first.conns < streams {
-		t.Errorf("descriptors besides the connections after reload %d: %d (%d pipes), after reload 1: %d (%d pipes)", reloads, last.fds-last.conns, last.pipes, first.fds-first.conns, first.pipes)
-	}
-	if last.goroutines-last.conns != first.goroutines-first.conns {
-		t.Errorf("goroutines besides the connections after reload %d: %d, after reload 1: %d", reloads, last.goroutines-last.conns, first.goroutines-first.conns)
-	}
-	if d := float64(last.rssKiB-first.rssKiB) / float64(first.rssKiB); d > 0.10 || d < -0.10 {
-		t.Errorf("RSS after reload %d: %d KiB, after reload 1: %d KiB (%+.0f%%)", reloads, last.rssKiB, first.rssKiB, 100*d)
-	}
-	if len(last.listenEnv)+len(first.listenEnv) > 0 {
-		t.Errorf("hand-over variables in a generation's environment: %v %v", first.listenEnv, last.listenEnv)
-	}
 	t.Logf("%d reloads with %d streams: %d verified stream round trips, %d short connections, 0 failed", reloads, streams, st.rounds.Load(), ok)
+	return first, last
 }
