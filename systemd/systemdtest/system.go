@@ -475,28 +475,7 @@ func (s *System) Show(t testing.TB, unit string, props ...string) map[string]str
 // journal. It always polls at least once.
 func (s *System) WaitFor(t testing.TB, timeout time.Duration, unit string, cond func(map[string]string) bool, props ...string) map[string]string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	var last map[string]string
-	var lastErr error
-	for {
-		out, err := s.Systemctl(ctx, showArgs(unit, props)...)
-		if err == nil {
-			last, lastErr = ParseShow(out), nil
-			if cond(last) {
-				return last
-			}
-		} else {
-			lastErr = err
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("systemdtest: %s: condition not met within %v\nlast properties: %s\nlast error: %v\n%s",
-				unit, timeout, formatProps(last), lastErr, s.journalTail(100))
-			return nil
-		case <-time.After(PollInterval):
-		}
-	}
+	return waitFor(t, timeout, unit, cond, props, s.Systemctl, func() string { return s.journalTail(100) })
 }
 
 // Journal returns the journal of unit ("journalctl -u unit"), or the whole

@@ -489,12 +489,20 @@ func ParseShow(out string) map[string]string {
 // It always polls at least once.
 func (m *Manager) WaitFor(t testing.TB, timeout time.Duration, unit string, cond func(map[string]string) bool, props ...string) map[string]string {
 	t.Helper()
+	return waitFor(t, timeout, unit, cond, props, m.Systemctl, func() string { return "manager log:\n" + m.Log() })
+}
+
+// waitFor is WaitFor for either kind of manager: systemctl runs its
+// systemctl, diagnose says what to show on failure.
+func waitFor(t testing.TB, timeout time.Duration, unit string, cond func(map[string]string) bool, props []string,
+	systemctl func(context.Context, ...string) (string, error), diagnose func() string) map[string]string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var last map[string]string
 	var lastErr error
 	for {
-		out, err := m.Systemctl(ctx, showArgs(unit, props)...)
+		out, err := systemctl(ctx, showArgs(unit, props)...)
 		if err == nil {
 			last, lastErr = ParseShow(out), nil
 			if cond(last) {
@@ -505,8 +513,8 @@ func (m *Manager) WaitFor(t testing.TB, timeout time.Duration, unit string, cond
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("systemdtest: %s: condition not met within %v\nlast properties: %s\nlast error: %v\nmanager log:\n%s",
-				unit, timeout, formatProps(last), lastErr, m.Log())
+			t.Fatalf("systemdtest: %s: condition not met within %v\nlast properties: %s\nlast error: %v\n%s",
+				unit, timeout, formatProps(last), lastErr, diagnose())
 			return nil
 		case <-time.After(PollInterval):
 		}
