@@ -457,13 +457,23 @@ func failedBefore(errs []string, at string) []string {
 // dialRefused checks that nothing listens on addr any more.
 func dialRefused(t *testing.T, addr string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err == nil {
-		c.Close()
-		t.Fatalf("%s still accepts", addr)
-	}
-	if !errors.Is(err, unix.ECONNREFUSED) {
-		t.Fatalf("connect to %s: %v, want connection refused", addr, err)
+	// While the last process holding the listening socket is being torn
+	// down, a connect can meet a reset instead (the socket exists but is
+	// closing); it ends in refused, which is the state this asserts.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err == nil {
+			c.Close()
+			t.Fatalf("%s still accepts", addr)
+		}
+		if errors.Is(err, unix.ECONNREFUSED) {
+			return
+		}
+		if !errors.Is(err, unix.ECONNRESET) || time.Now().After(deadline) {
+			t.Fatalf("connect to %s: %v, want connection refused", addr, err)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the socket's teardown, bounded
 	}
 }
 
