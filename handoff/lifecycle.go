@@ -320,7 +320,17 @@ func (r *runner) start() error {
 		}()
 	}
 	r.log.Info("ready", "listeners", len(ls))
-	r.notify(systemd.Ready, systemd.Status(r.status()))
+	if r.g.HasParent() {
+		// The previous generation tells systemd MAINPID= and READY=1 for
+		// this one after the commit. A READY=1 from here could come after
+		// that and end the next reload before it started under
+		// Type=notify-reload (systemd 254 took it as the reload's end:
+		// TestSystemd254NotifyReload saw a reload succeed with the same
+		// MainPID).
+		r.notify(systemd.Status(r.status()))
+	} else {
+		r.notify(systemd.Ready, systemd.Status(r.status()))
+	}
 	return nil
 }
 
