@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -20,6 +21,10 @@ type streams struct {
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	rounds atomic.Int64 // round trips verified, all streams
+	// Per stream: when the last verified round trip began (UnixNano of
+	// its write), and whether the stream ended.
+	began []atomic.Int64
+	ended []atomic.Bool
 
 	mu   sync.Mutex
 	errs []string
@@ -43,6 +48,8 @@ func startStreamsDial(dial func() (net.Conn, error), n int, interval time.Durati
 		}
 		s.conns = append(s.conns, c)
 	}
+	s.began = make([]atomic.Int64, n)
+	s.ended = make([]atomic.Bool, n)
 	for i, c := range s.conns {
 		s.wg.Add(1)
 		go s.run(i, c, interval)
@@ -62,7 +69,8 @@ func (s *streams) run(i int, c net.Conn, interval time.Duration) {
 			binary.BigEndian.PutUint64(out[8*w:], next)
 			next++
 		}
-		_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+		start := time.Now()
+		_ = c.SetDeadline(start.Add(60 * time.Second))
 		if _, err := c.Write(out); err != nil {
 			s.fail(i, "write", err)
 			return
@@ -75,6 +83,7 @@ func (s *streams) run(i int, c net.Conn, interval time.Duration) {
 			s.fail(i, "verify", fmt.Errorf("got %x, want %x", in, out))
 			return
 		}
+		s.began[i].Store(start.UnixNano())
 		s.rounds.Add(1)
 		select {
 		case <-s.stop:
@@ -85,6 +94,7 @@ func (s *streams) run(i int, c net.Conn, interval time.Duration) {
 }
 
 func (s *streams) fail(i int, op string, err error) {
+	s.ended[i].Store(true)
 	select {
 	case <-s.stop:
 		return // stopping: the test closed it
@@ -93,6 +103,38 @@ func (s *streams) fail(i int, op string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.errs = append(s.errs, fmt.Sprintf("stream %d: %s: %v", i, op, err))
+}
+
+// settle waits (bounded) until the fate of every stream is known: it
+// ended, or it made a verified round trip that began after since. It
+// returns the streams that ended and those that go on. A stream that does
+// neither within timeout — its connection open but served by nobody —
+// fails the test.
+func (s *streams) settle(t testing.TB, since time.Time, timeout time.Duration) (ended, live []int) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ended, live = ended[:0], live[:0]
+		var stuck []int
+		for i := range s.began {
+			switch {
+			case s.ended[i].Load():
+				ended = append(ended, i)
+			case s.began[i].Load() > since.UnixNano():
+				live = append(live, i)
+			default:
+				stuck = append(stuck, i)
+			}
+		}
+		if len(stuck) == 0 {
+			return ended, live
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams neither ended nor made a round trip begun after %s within %v: %v (%d ended, %d go on)",
+				len(stuck), since.Format(clockLayout), timeout, stuck[:min(len(stuck), 10)], len(ended), len(live))
+		}
+		time.Sleep(10 * time.Millisecond) // polling per-stream state, bounded
+	}
 }
 
 // failures returns what went wrong so far.
