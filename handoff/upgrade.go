@@ -4,6 +4,7 @@ package handoff
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strconv"
@@ -181,6 +182,9 @@ func (g *Generation) tableflipUpgrade() error {
 	start := time.Now()
 	for i := 0; ; i++ {
 		err := g.upg.Upgrade()
+		if err != nil && strings.HasPrefix(err.Error(), tableflipStartFailed) {
+			return fmt.Errorf("%w: %w", ErrNotStarted, err)
+		}
 		if err == nil || !strings.Contains(err.Error(), tableflipParentRace) || time.Since(start) > parentRaceBound {
 			return err
 		}
@@ -194,6 +198,17 @@ func (g *Generation) tableflipUpgrade() error {
 
 // parentRaceBound bounds tableflipUpgrade's retries.
 const parentRaceBound = 2 * time.Second
+
+// tableflipStartFailed begins tableflip v1.2.3's error when it cannot
+// start the new process at all (the cause — exec format error, no such
+// file — only in its text).
+const tableflipStartFailed = "can't start child: "
+
+// ErrNotStarted is wrapped by the error of an upgrade whose new process
+// could not be started (the file at the executable's path missing, not
+// executable, not a program): nothing ran, the running generation serves
+// on.
+var ErrNotStarted = errors.New("the new process could not be started")
 
 // tableflipParentRace is tableflip v1.2.3's answer to an upgrade request
 // its loop takes before it has seen the parent's exit.

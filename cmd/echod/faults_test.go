@@ -309,10 +309,20 @@ func TestReloadRandomBytesBinary(t *testing.T) {
 	junk[0] = 0 // neither "#!" nor "\x7fELF"
 	writeExec(t, r.bin, junk)
 	out := r.reloadFails("exec format error")
+	notStarted(t, out)
 	r.servesOn()
 	r.repairAndReload()
 	r.finish()
 	t.Logf("echod reload: %s", out)
+}
+
+// notStarted checks that a reload whose exec failed says so first, not
+// that the new process misbehaved.
+func notStarted(t *testing.T, out string) {
+	t.Helper()
+	if want := "upgrade to generation 2: the new process could not be started: can't start child: "; !strings.Contains(out, want) || strings.Contains(out, "hand-over protocol") {
+		t.Fatalf("echod reload: %q, want it to lead with %q", out, want)
+	}
 }
 
 // TestReloadBinaryMissing: the binary's path holds no file (removed by a
@@ -324,6 +334,7 @@ func TestReloadBinaryMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := r.reloadFails("no such file or directory")
+	notStarted(t, out)
 	r.servesOn()
 	r.repairAndReload()
 	r.finish()

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -99,126 +99,77 @@ func TestBinaryUpgradeInPlace(t *testing.T) {
 	}
 }
 
-// TestFailedUpgradeKeepsServing: a reload whose new generation cannot start
-// fails with the reason, and the old generation serves on as before. The
-// reload client is a separate copy of the binary, so the daemon's own
-// failure path is what answers.
+// TestFailedUpgradeKeepsServing: a reload whose new generation cannot
+// start fails with the reason, and the old generation serves on as before:
+// each case runs with 50 streams open and short-connection load (the
+// faultRig), and checks that no stream and no short connection noticed.
+// The reload client is a separate copy of the binary, so the daemon's own
+// failure path is what answers. Repaired, the next reload moves every
+// stream.
 func TestFailedUpgradeKeepsServing(t *testing.T) {
-	good, err := os.ReadFile(echodBin(t))
-	if err != nil {
-		t.Fatal(err)
-	}
 	cases := []struct {
 		name    string
 		args    []string
-		breakIt func(t *testing.T, bin, cfg string)
-		want    string // in the reload error
+		breakIt func(r *faultRig)
+		want    string // in the reload error and the log; %BIN% is the binary's path
+		also    string // in the reload error too
 	}{
 		{
-			name: "binary exits 1",
-			breakIt: func(t *testing.T, bin, _ string) {
-				writeExec(t, bin, []byte("#!/bin/sh\necho broken >&2\nexit 1\n"))
-			},
-			want: "exited",
+			name:    "binary exits 1",
+			breakIt: func(r *faultRig) { writeExec(r.t, r.bin, []byte("#!/bin/sh\necho broken >&2\nexit 1\n")) },
+			want:    "the new process exited before it spoke the hand-over protocol (version 2)",
 		},
 		{
 			name: "binary is not executable",
-			breakIt: func(t *testing.T, bin, _ string) {
-				writeExec(t, bin, []byte("garbage"))
-				os.Chmod(bin, 0o644)
-			},
-			want: "permission denied",
-		},
-		{
-			name: "binary never ready",
-			args: []string{"-upgrade-timeout", "500ms"},
-			breakIt: func(t *testing.T, bin, _ string) {
-				writeExec(t, bin, []byte("#!/bin/sh\nexec sleep 30\n"))
-			},
-			want: "timed out",
-		},
-		{
-			name: "config does not validate",
-			breakIt: func(t *testing.T, _, cfg string) {
-				if err := os.WriteFile(cfg, []byte("listen = [\"127.0.0.1:0\"]\nmax-conns = -5\n"), 0o644); err != nil {
-					t.Fatal(err)
+			breakIt: func(r *faultRig) {
+				writeExec(r.t, r.bin, []byte("garbage"))
+				if err := os.Chmod(r.bin, 0o644); err != nil {
+					r.t.Fatal(err)
 				}
 			},
-			want: "max-conns: -5 is negative",
+			want: "the new process could not be started: can't start child: can't start process %BIN%: exec: ",
+			also: ": permission denied",
 		},
 		{
-			name: "config unparsable",
-			breakIt: func(t *testing.T, _, cfg string) {
-				if err := os.WriteFile(cfg, []byte("listen = [\n"), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			},
-			want: "config",
+			name:    "binary never ready",
+			args:    []string{"-upgrade-timeout", "500ms"},
+			breakIt: func(r *faultRig) { writeExec(r.t, r.bin, []byte("#!/bin/sh\nexec sleep 30\n")) },
+			want:    "nor became ready within the upgrade timeout, and was killed",
 		},
 		{
-			name: "listen address invalid",
-			breakIt: func(t *testing.T, _, cfg string) {
-				if err := os.WriteFile(cfg, []byte("listen = [\"127.0.0.1:99999\"]\n"), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			},
-			want: "port",
+			name:    "config does not validate",
+			breakIt: func(r *faultRig) { r.writeConfig(rigConfig + "max-conns = -5\n") },
+			want:    "max-conns: -5 is negative",
+		},
+		{
+			name:    "config unparsable",
+			breakIt: func(r *faultRig) { r.writeConfig("listen = [\n") },
+			want:    "config",
+		},
+		{
+			name:    "listen address invalid",
+			breakIt: func(r *faultRig) { r.writeConfig(`listen = ["127.0.0.1:99999"]` + "\n") },
+			want:    "port",
 		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			bin := filepath.Join(dir, "echod")
-			writeExec(t, bin, good)
-			cfg := filepath.Join(dir, "echod.toml")
-			if err := os.WriteFile(cfg, []byte("listen = [\"127.0.0.1:0\"]\n"), 0o644); err != nil {
-				t.Fatal(err)
+			r := startRig(t, 50, 20*time.Millisecond, tc.args...)
+			tc.breakIt(r)
+			out := r.reloadFails(strings.ReplaceAll(tc.want, "%BIN%", r.bin))
+			if !strings.Contains(out, tc.also) {
+				t.Fatalf("echod reload: %q, want it to say %q too", out, tc.also)
 			}
-			in := startEchod(t, bin, append([]string{"-config", cfg}, tc.args...)...)
-			pid1 := in.cmd.Process.Pid
-			c, err := dialEcho("tcp", in.addrs[0])
-			if err != nil {
-				t.Fatal(err)
+			if strings.Contains(tc.name, "never ready") {
+				// tableflip killed it at the timeout: nothing of it is left.
+				if m := regexp.MustCompile(`child pid=(\d+)`).FindStringSubmatch(out); m != nil {
+					waitExit(t, atoi(m[1]), 5*time.Second)
+				}
 			}
-			defer c.Close()
-
-			tc.breakIt(t, bin, cfg)
-			// The client is the good binary from elsewhere.
-			out, err := exec.Command(echodBin(t), "reload", "-control", in.control).CombinedOutput()
-			if err == nil {
-				t.Fatalf("reload succeeded with a broken new generation: %s", out)
-			}
-			if !strings.Contains(string(out), tc.want) {
-				t.Fatalf("reload error %q does not say %q", out, tc.want)
-			}
-			if !alive(pid1) {
-				t.Fatal("the old generation died")
-			}
-			if err := c.roundTrip(512); err != nil {
-				t.Fatalf("connection after the failed reload: %v", err)
-			}
-			n, err := dialEcho("tcp", in.addrs[0])
-			if err != nil {
-				t.Fatalf("new connection after the failed reload: %v", err)
-			}
-			defer n.Close()
-			if err := n.roundTrip(512); err != nil {
-				t.Fatalf("new connection after the failed reload: %v", err)
-			}
-			if s := in.status(t); !strings.Contains(s, "generation 1 ") || !strings.Contains(s, "last reload failed") {
-				t.Fatalf("status %q, want generation 1 and the failure", s)
-			}
-			in.log.waitFor(t, 5*time.Second, "failure logged", contains("upgrade failed", "gen=1 "))
-
-			// Repaired, the next reload works.
-			writeExec(t, bin, good)
-			if err := os.WriteFile(cfg, []byte("listen = [\"127.0.0.1:0\"]\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := in.reload(); err != nil {
-				t.Fatalf("reload after repair: %v", err)
-			}
-			in.readyPID(2)
+			r.servesOn()
+			r.repairAndReload()
+			r.finish()
+			t.Logf("echod reload: %s", out)
 		})
 	}
 }
