@@ -811,3 +811,87 @@ func TestSIGHUPBurstLastConfigWins(t *testing.T) {
 	r.finish()
 	t.Logf("%d SIGHUPs in %v made %d upgrades, one at a time; generation %d (pid %d) serves the last configuration", signals, span.Round(time.Millisecond), upgrades, gen, pid)
 }
+
+// TestReloadOutOfFDs: both generations run out of file descriptors during
+// a reload (RLIMIT_NOFILE 512, inherited across the exec). Generation 1
+// serves 350 streams and 2 short-connection workers, and idle clients take
+// every descriptor left: it accepts until EMFILE, backs off, and the rest
+// wait in the kernel backlog. A SIGHUP then cannot even open the
+// hand-over's channel: the upgrade fails saying so, in the log and in
+// `echod status`, no process is started, and generation 1 serves every
+// stream on. Once the idle clients leave, `echod reload` (its own request
+// waited in the control socket's backlog meanwhile) starts generation 2
+// under the same limit: it takes the streams its descriptor room holds,
+// generation 1 keeps and serves the rest until they close. No stream and
+// no short connection fails anywhere.
+func TestReloadOutOfFDs(t *testing.T) {
+	const limit, n, idle = 512, 350, 300
+	in := startEchodVia(t, []string{"sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$@"`, limit), "sh"},
+		echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "1m")
+	addr, pid1 := in.addrs[0], in.cmd.Process.Pid
+	st, err := startStreams("tcp", addr, n, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.close)
+	waitRounds(t, st, n)
+	ld := startLoad("tcp", addr, 2)
+	t.Cleanup(func() { ld.stop() })
+
+	var idlers []net.Conn
+	t.Cleanup(func() {
+		for _, c := range idlers {
+			c.Close()
+		}
+	})
+	for i := range idle {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("idle client %d: %v", i, err)
+		}
+		idlers = append(idlers, c)
+	}
+	in.log.waitFor(t, 10*time.Second, "generation 1 out of descriptors", contains("accept failed; retrying", "gen=1 ", "too many open files"))
+	fds := fdCount(t, pid1)
+
+	signalPID(t, pid1, unix.SIGHUP)
+	l := in.log.waitFor(t, 10*time.Second, "the failed upgrade", contains("upgrade failed", "gen=1 "))
+	if !strings.Contains(l, "too many open files") {
+		t.Fatalf("the upgrade failed, but not for the descriptors: %s", l)
+	}
+	waitRounds(t, st, 2*n)
+	if pids := in.pids(); len(pids) != 1 {
+		t.Fatalf("processes that logged: %v, want generation 1 (%d) alone", pids, pid1)
+	}
+
+	for _, c := range idlers {
+		c.Close()
+	}
+	idlers = nil
+	if s := in.status(t); !strings.Contains(s, "last reload failed") || !strings.Contains(s, "too many open files") {
+		t.Fatalf("status %q, want the failed reload and why", s)
+	}
+	ans, err := in.reload()
+	if err != nil {
+		t.Fatalf("reload once descriptors are free: %v\n%s", err, in.log)
+	}
+	m := movedRe.FindStringSubmatch(ans)
+	if m == nil || atoi(m[1])+atoi(m[2]) < n || atoi(m[1]) == 0 || atoi(m[2]) == 0 {
+		t.Fatalf("reload answered %q, want moved= and draining= both above 0 (generation 2's room is less than %d), adding up to %d or more", ans, n, n)
+	}
+	pid2 := in.readyPID(2)
+	waitRounds(t, st, 2*n)
+	if s := in.status(t); !strings.Contains(s, fmt.Sprintf("pid %d ", pid2)) {
+		t.Fatalf("status %q, want generation 2 (pid %d)", s, pid2)
+	}
+	ok, failed, errs := ld.stop()
+	st.close()
+	if f := st.failures(); len(f) > 0 {
+		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
+	}
+	if failed > 0 {
+		t.Fatalf("%d short connections failed: %v", failed, errs)
+	}
+	waitExit(t, pid1, 10*time.Second)
+	t.Logf("generation 1 at its limit (%d descriptors): %s; then: %s; short connections %d ok", fds, l, ans, ok)
+}

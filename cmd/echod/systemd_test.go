@@ -274,6 +274,7 @@ func TestSystemdSocketActivationAndReload(t *testing.T) {
 		old, _ := strconv.Atoi(prev)
 		waitExit(t, old, 10*time.Second) // handed everything over: no drain
 		prev = st["MainPID"]
+		noHandOverLeftIn(t, atoi(prev))
 	}
 	ts.close()
 	su.close()
@@ -305,6 +306,29 @@ func TestSystemdSocketActivationAndReload(t *testing.T) {
 		t.Fatalf("StatusText %q, want generation 221", st["StatusText"])
 	}
 	mustEcho(t, "tcp", u.tcp, 5000)
+}
+
+// noHandOverLeftIn checks what a generation started by a reload under
+// systemd was exec'd with, as the kernel shows it: no LISTEN_* (systemd
+// set them for the first generation only) and no hand-over variable in its
+// environment; and, once it serves, no pipe among its descriptors
+// (tableflip's readiness and names pipes are closed).
+func noHandOverLeftIn(t *testing.T, pid int) {
+	t.Helper()
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range strings.Split(string(env), "\x00") {
+		if strings.HasPrefix(kv, "LISTEN_") || strings.HasPrefix(kv, "ECHOD_") {
+			t.Errorf("generation pid %d was exec'd with %s", pid, kv)
+		}
+	}
+	for _, target := range fdTargets(t, pid) {
+		if strings.HasPrefix(target, "pipe:") {
+			t.Errorf("generation pid %d holds a pipe: %s", pid, target)
+		}
+	}
 }
 
 func TestSystemdFailedReload(t *testing.T) {
