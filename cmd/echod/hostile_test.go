@@ -133,22 +133,89 @@ func TestClientsThatNeverRead(t *testing.T) {
 	if d := rss1 - rss0; d > 64<<10 {
 		t.Fatalf("echod's RSS grew by %d KiB (from %d to %d) with %d clients that never read, want at most 64 MiB", d, rss0, rss1, hostile)
 	}
+	// A reload with every one of them blocked: each moves with the bytes
+	// echod read and has not written back yet, none is cut off, and the
+	// previous generation exits at once (nothing left to drain).
+	ans, err := in.reload()
+	if err != nil {
+		t.Fatalf("reload with %d clients that never read: %v\n%s", hostile, err, in.log)
+	}
+	if m := movedRe.FindStringSubmatch(ans); m == nil || atoi(m[1]) < hostile+20 || m[2] != "0" {
+		t.Fatalf("reload answered %q, want moved=%d or more draining=0", ans, hostile+20)
+	}
+	waitExit(t, pid, 10*time.Second)
+	waitRounds(t, st, 40)
+	select {
+	case err := <-errc:
+		t.Fatalf("a client that never reads was cut off by the reload: %v", err)
+	default:
+	}
 	stopLoad(t, addr, ld)
 	st.close()
 	if f := st.failures(); len(f) > 0 {
 		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
 	}
-	t.Logf("%d clients that never read: %d bytes written in all (%d KiB each), %d since every one was blocked; echod RSS %d → %d KiB", hostile, written.Load(), written.Load()/hostile>>10, written.Load()-w0, rss0, rss1)
+	t.Logf("%d clients that never read: %d bytes written in all (%d KiB each), %d since every one was blocked; echod RSS %d → %d KiB; reload: %s", hostile, written.Load(), written.Load()/hostile>>10, written.Load()-w0, rss0, rss1, ans)
 }
 
-// TestConnectResetFlood: for 5 s, 3 goroutines connect and at once close
+// TestClientsThatNeverSend: 100 clients connect and stay silent beside
+// streams and short-connection load. They hold a descriptor each and cost
+// nothing else; two reloads move every one of them with the streams (the
+// previous generation exits at once: nothing to drain), and afterwards
+// each silent connection is open and echoes what it finally sends.
+// (Closing them after a while is -idle-timeout's job: daemon's
+// TestIdleTimeout.)
+func TestClientsThatNeverSend(t *testing.T) {
+	const silent, n = 100, 20
+	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0")
+	addr := in.addrs[0]
+	st, err := startStreams("tcp", addr, n, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	ld := startLoad("tcp", addr, 2)
+	defer ld.stop()
+	quiet := make([]*echoConn, silent)
+	for i := range quiet {
+		if quiet[i], err = dialEcho("tcp", addr); err != nil {
+			t.Fatalf("silent client %d: %v", i, err)
+		}
+		defer quiet[i].Close()
+	}
+	pid := in.cmd.Process.Pid
+	for gen := 2; gen <= 3; gen++ {
+		ans, err := in.reload()
+		if err != nil {
+			t.Fatalf("reload to generation %d: %v\n%s", gen, err, in.log)
+		}
+		if m := movedRe.FindStringSubmatch(ans); m == nil || atoi(m[1]) < silent+n || m[2] != "0" {
+			t.Fatalf("reload to generation %d answered %q, want moved=%d or more draining=0", gen, ans, silent+n)
+		}
+		waitExit(t, pid, 10*time.Second)
+		pid = in.readyPID(gen)
+		waitRounds(t, st, n)
+	}
+	for i, c := range quiet {
+		if err := c.roundTrip(1024); err != nil {
+			t.Fatalf("silent client %d, after two reloads: %v", i, err)
+		}
+	}
+	stopLoad(t, addr, ld)
+	st.close()
+	if f := st.failures(); len(f) > 0 {
+		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
+	}
+}
+
+// TestConnectResetFlood: for 10 s, 3 goroutines connect and at once close
 // with SO_LINGER 0 (a reset), as fast as they can. Accepting keeps up —
 // no connect of the flood or of the short-connection load fails, a client
 // doing a round trip every 20 ms is served throughout, no accept error is
 // logged — and nothing leaks: once the flood is over echod holds exactly
 // the descriptors it held before.
 func TestConnectResetFlood(t *testing.T) {
-	const flooders, dur = 3, 5 * time.Second
+	const flooders, dur = 3, 10 * time.Second
 	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0")
 	addr, pid := in.addrs[0], in.cmd.Process.Pid
 	st, err := startStreams("tcp", addr, 20, 20*time.Millisecond)
