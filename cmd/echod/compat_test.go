@@ -23,6 +23,10 @@ const previousRelease = "5e5aa0a8dae43a66fe08e828225293e7c04c6c74"
 // take them.
 const lastProtocol2Build = "96ba251"
 
+// lastRelease is the release before this one (the last commit of the
+// previous session that landed): protocol 2 with the staged hand-over.
+const lastRelease = "7f332ce22f952630c05e3e2dca27be66dacd4c47"
+
 // builds are the echods built from git, once each per test binary run,
 // into binDir (removed by TestMain), by commit.
 var (
@@ -340,21 +344,36 @@ func TestRollbackToPreviousReleaseIsRefused(t *testing.T) {
 	in.pidFileNames(t, pid2)
 }
 
-// TestUpgradeFromLastProtocol2BuildMovesStreams: the build before this
-// change's hand-over rework (protocol 2, its parent side taking every
-// connection out at once and sending duplicates) is upgraded in place to
-// this build with 200 streams open and short connections running: every
-// stream moves (the reply says moved=200 at least), keeps its exact byte
-// sequence, and nothing fails; the next reloads, this build to itself and
-// back to the old build, move them again.
+// TestUpgradeFromLastProtocol2BuildMovesStreams: the build before the
+// hand-over rework (protocol 2, its parent side taking every connection
+// out at once and sending duplicates) is upgraded in place to this build
+// with 200 streams open and short connections running: every stream moves
+// (the reply says moved=200 at least), keeps its exact byte sequence, and
+// nothing fails; the next reloads, this build to itself and back to the
+// old build, move them again.
 func TestUpgradeFromLastProtocol2BuildMovesStreams(t *testing.T) {
+	upgradeMovesStreams(t, lastProtocol2Build, "protocol2")
+}
+
+// TestUpgradeFromLastReleaseMovesStreams: the same from the previous
+// release (the staged hand-over on both sides), and back to it.
+func TestUpgradeFromLastReleaseMovesStreams(t *testing.T) {
+	upgradeMovesStreams(t, lastRelease, "last-release")
+}
+
+// upgradeMovesStreams runs echod built at commit (with version ver), 200
+// streams and short-connection load, then reloads it to this build, to
+// this build again, and back to the old one: each reload moves every
+// stream (moved=200 or more, draining=0), no byte is wrong and nothing
+// fails.
+func upgradeMovesStreams(t *testing.T, commit, ver string) {
 	const n = 200
-	old := buildFromGit(t, lastProtocol2Build, "protocol2")
+	old := buildFromGit(t, commit, ver)
 	bin := filepath.Join(t.TempDir(), "echod")
 	copyExec(t, old, bin)
 	in := startEchod(t, bin, "-listen", "127.0.0.1:0", "-drain-timeout", "5m")
-	if l := in.startingLine(1); !strings.Contains(l, "version=protocol2") {
-		t.Fatalf("generation 1 is not the build %s: %q", lastProtocol2Build, l)
+	if l := in.startingLine(1); !strings.Contains(l, "version="+ver) {
+		t.Fatalf("generation 1 is not the build %s: %q", commit, l)
 	}
 	st, err := startStreams("tcp", in.addrs[0], n, 20*time.Millisecond)
 	if err != nil {
@@ -385,7 +404,7 @@ func TestUpgradeFromLastProtocol2BuildMovesStreams(t *testing.T) {
 			copyExec(t, old, bin)
 		}
 	}
-	if l := in.startingLine(2); strings.Contains(l, "version=protocol2") {
+	if l := in.startingLine(2); strings.Contains(l, "version="+ver) {
 		t.Fatalf("generation 2 is the old build: %q", l)
 	}
 	ok, failed, errs := ld.stop()
@@ -396,8 +415,8 @@ func TestUpgradeFromLastProtocol2BuildMovesStreams(t *testing.T) {
 	if failed > 0 || ok == 0 {
 		t.Fatalf("short connections: %d ok, %d failed: %v", ok, failed, errs)
 	}
-	if l := in.startingLine(4); !strings.Contains(l, "version=protocol2") {
+	if l := in.startingLine(4); !strings.Contains(l, "version="+ver) {
 		t.Fatalf("generation 4 is not the old build: %q", l)
 	}
-	t.Logf("%s → this build → this build → %[1]s with %d streams: %d verified round trips, %d short connections ok", lastProtocol2Build, n, st.rounds.Load(), ok)
+	t.Logf("%s → this build → this build → %[1]s with %d streams: %d verified round trips, %d short connections ok", commit[:7], n, st.rounds.Load(), ok)
 }
