@@ -444,6 +444,7 @@ wait:
 			}
 		case sig := <-r.cfg.Signals:
 			if sig == syscall.SIGHUP {
+				r.log.Info("reload requested", "signal", "SIGHUP")
 				r.upgrades.Add(1)
 				go func() {
 					defer r.upgrades.Done()
@@ -620,7 +621,7 @@ func (r *runner) drain(p phase) bool {
 				continue
 			}
 			if succ := r.g.Successor(); succ.PID > 0 {
-				r.passOn(succ)
+				r.passOn(succ, "SIGHUP while draining: passing it on to the generation that serves")
 			} else {
 				r.log.Warn("SIGHUP ignored: this generation is stopping")
 			}
@@ -673,12 +674,17 @@ func (r *runner) waitParent() {
 func (r *runner) reloadSignal() {
 	res, err := r.g.Upgrade(context.Background())
 	if errors.Is(err, ErrUpgraded) && res.PID > 0 {
-		r.passOn(res)
+		r.passOn(res, "SIGHUP came after this generation was replaced: passing it on")
 	}
+	// Every "reload requested" has its end: the request was carried out
+	// (alone or with others that came meanwhile), failed, or passed on.
+	r.log.Debug("reload request ended", "signal", "SIGHUP", "generation", res.Generation, "err", err)
 }
 
-func (r *runner) passOn(res Result) {
-	r.log.Info("SIGHUP came after this generation was replaced: passing it on", "pid", res.PID)
+// passOn sends the successor a SIGHUP that reached this generation too
+// late, logging msg first.
+func (r *runner) passOn(res Result, msg string) {
+	r.log.Info(msg, "pid", res.PID)
 	if err := syscall.Kill(res.PID, syscall.SIGHUP); err != nil {
 		r.log.Warn("cannot pass the SIGHUP on", "pid", res.PID, "err", err)
 	}
