@@ -72,9 +72,9 @@ type Config struct {
 	// is empty and systemd passed no socket (see Generation.Listeners).
 	Listen, Fallback []Spec
 	// Control is the path of the control socket (package control):
-	// reload, reload-status (the outcome of the last reload, for
-	// ExecReload= under Type=notify-reload), status and stop requests
-	// with truthful answers, for ExecReload= and ExecStop=. Empty: none.
+	// reload (waits for the outcome), reload-status (the outcome of the
+	// last reload that ended), status and stop requests with truthful
+	// answers, for ExecReload= and ExecStop=. Empty: none.
 	Control string
 	// ControlIfFree says Control is a default nobody asked for: a first
 	// generation that finds another process answering there (another
@@ -725,11 +725,13 @@ func (r *runner) control(ctx context.Context, cmd string) control.Reply {
 		}
 		return control.Reply{Kind: control.OK, Text: js}
 	case "reload-status":
-		// For ExecReload= of a Type=notify-reload unit: systemd sends the
-		// signal, waits for RELOADING=1 and READY=1 (sent whatever the
-		// outcome), then runs ExecReload=, whose exit status is the
-		// reload's. The generation answering is the new one after a
-		// success, the one that stayed after a failure.
+		// The outcome of the last reload that ended (after a SIGHUP, say);
+		// it does not wait for one in progress. (Not for ExecReload= of
+		// a Type=notify-reload unit: systemd 254 starts ExecReload= at
+		// the same moment as it sends the signal, so this could answer
+		// before the signal's upgrade ended; the shipped units run
+		// "reload" there.) The generation answering is the new one after
+		// a success, the one that stayed after a failure.
 		r.mu.Lock()
 		lastErr := r.lastErr
 		r.mu.Unlock()

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/echod/echod/systemd/systemdtest"
 )
 
@@ -44,8 +46,9 @@ func (s *shippedSystem) show254(t testing.TB, unit string) map[string]string {
 
 // TestSystemManager254ReloadUnderLoad: under systemd 254 as PID 1, socket
 // activation on the first connection, then 10 `systemctl reload`s
-// (Type=notify-reload: SIGHUP, RELOADING=1, the new generation's MAINPID=
-// and READY=1, then ExecReload=echod reload-status) under load on both
+// (Type=notify-reload: ReloadSignal=SIGCONT, a no-op, and ExecReload=echod
+// reload, which waits for the upgrade; RELOADING=1, the new generation's
+// MAINPID= and READY=1) under load on both
 // sockets with streams open: each returns once the new generation serves,
 // with ReloadResult=success and MainPID the new generation's; no operation
 // fails.
@@ -55,8 +58,8 @@ func TestSystemManager254ReloadUnderLoad(t *testing.T) {
 		t.Fatalf("the manager's Version = %q, want 254…", v)
 	}
 	pid := s.activate(t)
-	if p := s.Show(t, "echod.service", "Type", "ReloadSignal"); p["Type"] != "notify-reload" {
-		t.Fatalf("echod.service: %v, want Type=notify-reload (the unit for 254)", p)
+	if p := s.Show(t, "echod.service", "Type", "ReloadSignal"); p["Type"] != "notify-reload" || p["ReloadSignal"] != strconv.Itoa(int(unix.SIGCONT)) {
+		t.Fatalf("echod.service: %v, want Type=notify-reload and ReloadSignal=SIGCONT (the unit for 254)", p)
 	}
 	lt := s.startEchoload(t, "-addr", sysTCP, "-concurrency", "2", "-rate", "300", "-streams", "8", "-stream-interval", "10ms", "-duration", "2m")
 	lu := s.startEchoload(t, "-addr", sysUnix, "-concurrency", "1", "-rate", "100", "-streams", "2", "-stream-interval", "10ms", "-duration", "2m")
@@ -98,8 +101,8 @@ func TestSystemManager254ReloadUnderLoad(t *testing.T) {
 }
 
 // TestSystemManager254FailedReload: under systemd 254 as PID 1, with a
-// broken build at /usr/local/bin/echod, the reload still ends (READY=1)
-// and ExecReload=echod reload-status fails it: `systemctl reload` exits
+// broken build at /usr/local/bin/echod, the reload ends (READY=1) and
+// ExecReload=echod reload, waiting for the outcome, fails it: `systemctl reload` exits
 // non-zero, ReloadResult=exit-code, the unit stays active/running with the
 // same MainPID, STATUS= and the journal say why, and everything is served
 // on, the load running across it included. Repaired, reload works again.

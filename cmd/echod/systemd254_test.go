@@ -18,12 +18,13 @@ import (
 // where it cannot be fetched).
 
 // TestSystemd254NotifyReload: Type=notify-reload. Each `systemctl reload`
-// (SIGHUP from the manager, RELOADING=1 with MONOTONIC_USEC=, the new
-// generation's MAINPID= and READY=1, then ExecReload=echod reload-status)
-// returns once the new generation serves: MainPID is the new pid the moment
-// it returns, ReloadResult=success, and the streams and short connections
-// open meanwhile lose nothing. A SIGHUP from outside systemd is a reload
-// too (MainPID follows).
+// (ReloadSignal=SIGCONT, a no-op, and at the same time ExecReload=echod
+// reload, which starts the upgrade and waits for it; echod's RELOADING=1
+// with MONOTONIC_USEC=, the new generation's MAINPID= and READY=1) returns
+// once the new generation serves: MainPID is the new pid the moment it
+// returns, ReloadResult=success, it made exactly one upgrade, and the
+// streams and short connections open meanwhile lose nothing. A SIGHUP from
+// outside systemd is a reload too (MainPID follows).
 func TestSystemd254NotifyReload(t *testing.T) {
 	m := systemdtest.StartWith(t, systemdtest.Backports254(t))
 	u := installShippedUnitsFrom(t, m, "254", "")
@@ -40,6 +41,7 @@ func TestSystemd254NotifyReload(t *testing.T) {
 	for i := 1; i <= 10; i++ {
 		before := u.show(t)["MainPID"]
 		pids[before] = true
+		upgrades := strings.Count(u.log(t), `msg="upgrade started"`)
 		start := time.Now()
 		out, err := u.systemctl(t, "reload", u.service())
 		took := time.Since(start)
@@ -64,6 +66,10 @@ func TestSystemd254NotifyReload(t *testing.T) {
 				t.Fatalf("reload %d: the control socket is served by pid %s, MainPID is %s", i, got, p["MainPID"])
 			}
 		}
+		if got := strings.Count(u.log(t), `msg="upgrade started"`) - upgrades; got != 1 {
+			lt.stop()
+			t.Fatalf("reload %d made %d upgrades, want 1:\n%s", i, got, u.log(t))
+		}
 		waitRounds(t, st, n)
 	}
 	// A SIGHUP that does not come from systemctl.
@@ -87,8 +93,8 @@ func TestSystemd254NotifyReload(t *testing.T) {
 }
 
 // TestSystemd254FailedReload: under Type=notify-reload a failed upgrade
-// still ends the reload (READY=1), and ExecReload=echod reload-status makes
-// `systemctl reload` fail: ReloadResult=exit-code, the unit active with the
+// ends the reload (READY=1), and ExecReload=echod reload, waiting for the
+// outcome, makes `systemctl reload` fail: ReloadResult=exit-code, the unit active with the
 // same MainPID, STATUS= giving the reason, every connection served on; the
 // next reload, once repaired, succeeds.
 func TestSystemd254FailedReload(t *testing.T) {
