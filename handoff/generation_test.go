@@ -217,7 +217,7 @@ func runDaemon() {
 				defer cancel()
 				res, err := gen.Upgrade(ctx)
 				if err != nil {
-					emit("upgrade-failed", "gen=%d msg=%v", gen.Number(), err)
+					emit("upgrade-failed", "gen=%d notstarted=%t msg=%v", gen.Number(), errors.Is(err, handoff.ErrNotStarted), err)
 					return
 				}
 				emit("upgraded", "gen=%d newpid=%d newgen=%d", gen.Number(), res.PID, res.Generation)
@@ -339,6 +339,7 @@ type daemonConfig struct {
 	pidFile        string
 	upgradeTimeout time.Duration
 	env            []string // more variables for every generation
+	bin            string   // the executable: the test binary if empty
 }
 
 func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
@@ -354,7 +355,11 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperDaemon$", "-test.v", "-test.timeout=5m")
+	bin := cfg.bin
+	if bin == "" {
+		bin = os.Args[0]
+	}
+	cmd := exec.Command(bin, "-test.run=^TestHelperDaemon$", "-test.v", "-test.timeout=5m")
 	cmd.Stdout, cmd.Stderr = w, w
 	var env []string
 	for _, kv := range os.Environ() {
@@ -850,6 +855,40 @@ func TestUpgradeFailureReason(t *testing.T) {
 	if pid, gen, _ := dialID(t, addr, false); pid != r2.pid || gen != 2 {
 		t.Fatalf("after the upgrade %s is served by pid %d generation %d, want pid %d generation 2", addr, pid, gen, r2.pid)
 	}
+}
+
+// TestUpgradeNotStarted: with no file at the executable's path, the
+// upgrade fails before anything runs, with an error wrapping
+// ErrNotStarted that names the cause; the generation serves on, and once
+// the file is back the next upgrade succeeds.
+func TestUpgradeNotStarted(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "daemon.test")
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, daemonConfig{bin: bin})
+	r1 := d.ready(1)
+	if err := os.Rename(bin, bin+".away"); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(r1.pid, unix.SIGHUP)
+	up := d.upgradeResult(r1.pid)
+	if up.kind != "upgrade-failed" || up.kv["notstarted"] != "true" || !strings.Contains(up.msg, "no such file or directory") {
+		t.Fatalf("upgrade with no executable: %s, want a failure wrapping ErrNotStarted saying no such file", up)
+	}
+	if pid, gen, _ := dialID(t, r1.kv["addr"], false); pid != r1.pid || gen != 1 {
+		t.Fatalf("after the failed upgrade %s is served by pid %d generation %d, want pid %d generation 1", r1.kv["addr"], pid, gen, r1.pid)
+	}
+	if err := os.Rename(bin+".away", bin); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(r1.pid, unix.SIGHUP)
+	r2 := d.ready(2)
+	checkUpgraded(t, d.upgradeResult(r1.pid), r2.pid, 2)
 }
 
 // TestPIDFileNeverNamesAFailedGeneration: the PID file names the serving
