@@ -569,7 +569,8 @@ func TestNewGenerationKilledAfterReady(t *testing.T) {
 		r.in.log.waitFor(t, 5*time.Second, "the failed upgrade", contains("upgrade failed", "gen=1 "))
 		ended, live := r.st.settle(t, dead, 30*time.Second)
 		if len(ended) > 0 || len(live) != n {
-			t.Fatalf("the commit did not happen, yet %d streams ended: %v", len(ended), r.st.failures()[:min(len(ended), 5)])
+			f := r.st.failures()
+			t.Fatalf("the commit did not happen, yet %d streams ended: %v", len(ended), f[:min(len(f), 5)])
 		}
 		mustEcho(t, "tcp", r.addr, 4096).Close()
 		ok, failed, errs := r.ld.stop()

@@ -417,16 +417,49 @@ func fdTargets(t testing.TB, pid int) []string {
 
 func fdCount(t testing.TB, pid int) int { return len(fdTargets(t, pid)) }
 
+// pipesOf lists process pid's descriptors that are pipes ("4->pipe:[…]"),
+// once tableflip has closed its own (see settledFDCount).
+func pipesOf(t testing.TB, pid int) []string {
+	t.Helper()
+	settledFDCount(t, pid)
+	var out []string
+	for _, target := range fdTargets(t, pid) {
+		if strings.Contains(target, "->pipe:") {
+			out = append(out, target)
+		}
+	}
+	return out
+}
+
+// handOverEnv lists the variables of process pid's environment, as the
+// kernel shows it (set at exec), that carry activation or hand-over
+// state: LISTEN_* and ECHOD_*. (tableflip's TABLEFLIP_HAS_PARENT_7DIU3,
+// which only says that a parent exists, is not one of them.)
+func handOverEnv(t testing.TB, pid int) []string {
+	t.Helper()
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, kv := range strings.Split(string(env), "\x00") {
+		if strings.HasPrefix(kv, "LISTEN_") || strings.HasPrefix(kv, "ECHOD_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
 // settledFDCount returns pid's fd count once tableflip has closed its end
 // of the pipe that told it the previous generation exited (fd 4, closed by
 // a goroutine of its own just after that exit, with nothing to wait on):
-// polled through /proc, bounded.
+// polled through /proc, bounded. (A first generation's fd 4 is no pipe.)
 func settledFDCount(t testing.TB, pid int) int {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		_, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/4", pid))
-		if err != nil || time.Now().After(deadline) {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/4", pid))
+		if err != nil || !strings.HasPrefix(l, "pipe:") || time.Now().After(deadline) {
 			return fdCount(t, pid)
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -3,8 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"os"
-	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -75,20 +74,29 @@ func TestSIGHUPToDrainingGeneration(t *testing.T) {
 
 // TestNoHandOffStateInEnvironment: the generations speak over their
 // channel; nothing of the hand-over is in a new generation's environment
-// (as the kernel shows it in /proc/PID/environ, set at exec).
+// (as the kernel shows it in /proc/PID/environ, set at exec), and it
+// holds no pipe but those generation 1 was started with (tableflip's
+// readiness and names pipes are closed).
 func TestNoHandOffStateInEnvironment(t *testing.T) {
 	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0")
+	// The pipes generation 1 was started with (the test's stderr, and
+	// whatever its own parent left open): a later generation inherits
+	// those, and no other.
+	inherited := map[string]bool{}
+	for _, p := range pipesOf(t, in.cmd.Process.Pid) {
+		_, target, _ := strings.Cut(p, "->")
+		inherited[target] = true
+	}
 	if _, err := in.reload(); err != nil {
 		t.Fatal(err)
 	}
 	pid2 := in.readyPID(2)
-	env, err := os.ReadFile("/proc/" + strconv.Itoa(pid2) + "/environ")
-	if err != nil {
-		t.Fatal(err)
+	if env := handOverEnv(t, pid2); len(env) > 0 {
+		t.Errorf("generation 2 (pid %d) was exec'd with %v", pid2, env)
 	}
-	for _, kv := range bytes.Split(env, []byte{0}) {
-		if bytes.HasPrefix(kv, []byte("ECHOD_")) || bytes.HasPrefix(kv, []byte("LISTEN_")) {
-			t.Errorf("generation 2 (pid %d) was exec'd with %s", pid2, kv)
+	for _, p := range pipesOf(t, pid2) {
+		if _, target, _ := strings.Cut(p, "->"); !inherited[target] {
+			t.Errorf("generation 2 (pid %d) holds a pipe generation 1 was not started with: %s", pid2, p)
 		}
 	}
 	if s := in.status(t); !bytes.Contains([]byte(s), []byte(fmt.Sprintf("generation 2 pid %d", pid2))) {

@@ -30,12 +30,8 @@ func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 func resourcesOf(t testing.TB, in *instance, pid int) genResources {
 	t.Helper()
 	r := genResources{pid: pid}
-	for _, target := range fdTargets(t, pid) {
-		r.fds++
-		if strings.HasPrefix(target, "pipe:") {
-			r.pipes++
-		}
-	}
+	r.fds = settledFDCount(t, pid)
+	r.pipes = len(pipesOf(t, pid))
 	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
@@ -45,15 +41,7 @@ func resourcesOf(t testing.TB, in *instance, pid int) genResources {
 			r.rssKiB, _ = strconv.Atoi(strings.Fields(v)[0])
 		}
 	}
-	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, kv := range strings.Split(string(env), "\x00") {
-		if strings.HasPrefix(kv, "LISTEN_") || strings.HasPrefix(kv, "ECHOD_HANDOFF") {
-			r.listenEnv = append(r.listenEnv, kv)
-		}
-	}
+	r.listenEnv = handOverEnv(t, pid)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	js, err := control.Request(ctx, in.control, "status-json")

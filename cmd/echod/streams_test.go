@@ -21,13 +21,14 @@ type streams struct {
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	rounds atomic.Int64 // round trips verified, all streams
-	// Per stream: when the last verified round trip began (UnixNano of
-	// its write), and whether the stream ended.
+	// Per stream: when the last verified round trip began (its write),
+	// as the monotonic time since base.
+	base  time.Time
 	began []atomic.Int64
-	ended []atomic.Bool
 
-	mu   sync.Mutex
-	errs []string
+	mu    sync.Mutex
+	errs  []string
+	ended []bool // per stream, with errs
 }
 
 const chunkWords = 8
@@ -48,8 +49,9 @@ func startStreamsDial(dial func() (net.Conn, error), n int, interval time.Durati
 		}
 		s.conns = append(s.conns, c)
 	}
+	s.base = time.Now()
 	s.began = make([]atomic.Int64, n)
-	s.ended = make([]atomic.Bool, n)
+	s.ended = make([]bool, n)
 	for i, c := range s.conns {
 		s.wg.Add(1)
 		go s.run(i, c, interval)
@@ -83,7 +85,7 @@ func (s *streams) run(i int, c net.Conn, interval time.Duration) {
 			s.fail(i, "verify", fmt.Errorf("got %x, want %x", in, out))
 			return
 		}
-		s.began[i].Store(start.UnixNano())
+		s.began[i].Store(int64(start.Sub(s.base)))
 		s.rounds.Add(1)
 		select {
 		case <-s.stop:
@@ -94,7 +96,6 @@ func (s *streams) run(i int, c net.Conn, interval time.Duration) {
 }
 
 func (s *streams) fail(i int, op string, err error) {
-	s.ended[i].Store(true)
 	select {
 	case <-s.stop:
 		return // stopping: the test closed it
@@ -103,6 +104,7 @@ func (s *streams) fail(i int, op string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.errs = append(s.errs, fmt.Sprintf("stream %d: %s: %v", i, op, err))
+	s.ended[i] = true
 }
 
 // settle waits (bounded) until the fate of every stream is known: it
@@ -113,19 +115,22 @@ func (s *streams) fail(i int, op string, err error) {
 func (s *streams) settle(t testing.TB, since time.Time, timeout time.Duration) (ended, live []int) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
+	after := int64(since.Sub(s.base))
 	for {
 		ended, live = ended[:0], live[:0]
 		var stuck []int
+		s.mu.Lock()
 		for i := range s.began {
 			switch {
-			case s.ended[i].Load():
+			case s.ended[i]:
 				ended = append(ended, i)
-			case s.began[i].Load() > since.UnixNano():
+			case s.began[i].Load() > after:
 				live = append(live, i)
 			default:
 				stuck = append(stuck, i)
 			}
 		}
+		s.mu.Unlock()
 		if len(stuck) == 0 {
 			return ended, live
 		}

@@ -309,25 +309,17 @@ func TestSystemdSocketActivationAndReload(t *testing.T) {
 }
 
 // noHandOverLeftIn checks what a generation started by a reload under
-// systemd was exec'd with, as the kernel shows it: no LISTEN_* (systemd
-// set them for the first generation only) and no hand-over variable in its
-// environment; and, once it serves, no pipe among its descriptors
-// (tableflip's readiness and names pipes are closed).
+// systemd was exec'd with and holds: no LISTEN_* (systemd set them for the
+// first generation only) and no hand-over variable in its environment, and
+// no pipe among its descriptors (tableflip's readiness and names pipes
+// are closed).
 func noHandOverLeftIn(t *testing.T, pid int) {
 	t.Helper()
-	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatal(err)
+	if env := handOverEnv(t, pid); len(env) > 0 {
+		t.Errorf("generation pid %d was exec'd with %v", pid, env)
 	}
-	for _, kv := range strings.Split(string(env), "\x00") {
-		if strings.HasPrefix(kv, "LISTEN_") || strings.HasPrefix(kv, "ECHOD_") {
-			t.Errorf("generation pid %d was exec'd with %s", pid, kv)
-		}
-	}
-	for _, target := range fdTargets(t, pid) {
-		if strings.HasPrefix(target, "pipe:") {
-			t.Errorf("generation pid %d holds a pipe: %s", pid, target)
-		}
+	if p := pipesOf(t, pid); len(p) > 0 {
+		t.Errorf("generation pid %d holds pipes: %v", pid, p)
 	}
 }
 
