@@ -678,7 +678,11 @@ func (r *runner) reloadSignal() {
 	}
 	// Every "reload requested" has its end: the request was carried out
 	// (alone or with others that came meanwhile), failed, or passed on.
-	r.log.Debug("reload request ended", "signal", "SIGHUP", "generation", res.Generation, "err", err)
+	if err != nil {
+		r.log.Info("reload request ended", "signal", "SIGHUP", "err", err)
+	} else {
+		r.log.Info("reload request ended", "signal", "SIGHUP", "new_generation", res.Generation, "new_pid", res.PID)
+	}
 }
 
 // passOn sends the successor a SIGHUP that reached this generation too

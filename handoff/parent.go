@@ -163,7 +163,7 @@ func (g *Generation) exec() (Result, error) {
 		return Result{}, fmt.Errorf("%s (%w)", rep.failed.Reason, upErr)
 	case rep.protoErr != nil:
 		return Result{}, fmt.Errorf("%w; %w", rep.protoErr, upErr)
-	case rep.hello == nil && strings.HasSuffix(upErr.Error(), " timed out"):
+	case rep.hello == nil && strings.HasSuffix(upErr.Error(), tableflipTimedOut):
 		return Result{}, fmt.Errorf("the new process neither spoke the hand-over protocol (version %d) nor became ready within the upgrade timeout, and was killed: not a build of this daemon, or it hangs early (%w)", protoVersion, upErr)
 	case rep.hello == nil:
 		return Result{}, fmt.Errorf("the new process exited before it spoke the hand-over protocol (version %d): not a build of this daemon, a release that does not speak it, or it crashed early (%w)", protoVersion, upErr)

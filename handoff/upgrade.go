@@ -23,7 +23,11 @@ import (
 // not have seen the binary or configuration the request was for): it gets
 // [ErrUpgraded] with the new generation's Result, so the caller can pass
 // the request on to that pid. Upgrade returns [ErrNotReady] before Ready
-// and [ErrStopped] after Stop.
+// and [ErrStopped] after Stop. A failed upgrade leaves this generation
+// serving; its error says why: it wraps [ErrNotStarted] when no new
+// process could be started, [ErrProtocol] when the new one broke the
+// hand-over protocol, and otherwise gives the new generation's own reason
+// (Fail, ReportFailure) or how it ended.
 func (g *Generation) Upgrade(ctx context.Context) (Result, error) {
 	g.mu.Lock()
 	state := g.state
@@ -201,14 +205,18 @@ const parentRaceBound = 2 * time.Second
 
 // tableflipStartFailed begins tableflip v1.2.3's error when it cannot
 // start the new process at all (the cause — exec format error, no such
-// file — only in its text).
+// file, no descriptor for its pipes — only in its text).
 const tableflipStartFailed = "can't start child: "
 
+// tableflipTimedOut ends tableflip v1.2.3's error when the new process
+// was killed at the upgrade timeout, not ready.
+const tableflipTimedOut = " timed out"
+
 // ErrNotStarted is wrapped by the error of an upgrade whose new process
-// could not be started (the file at the executable's path missing, not
-// executable, not a program): nothing ran, the running generation serves
-// on.
-var ErrNotStarted = errors.New("the new process could not be started")
+// could not be started: the file at the executable's path missing, not
+// executable or not a program, or no descriptor left for the pipes to
+// it. Nothing ran; the running generation serves on.
+var ErrNotStarted = errors.New("handoff: the new process could not be started")
 
 // tableflipParentRace is tableflip v1.2.3's answer to an upgrade request
 // its loop takes before it has seen the parent's exit.

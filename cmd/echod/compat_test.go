@@ -23,8 +23,8 @@ const previousRelease = "5e5aa0a8dae43a66fe08e828225293e7c04c6c74"
 // take them.
 const lastProtocol2Build = "96ba251"
 
-// lastRelease is the release before this one (the last commit of the
-// previous session that landed): protocol 2 with the staged hand-over.
+// lastRelease is the release before this one (7f332ce, the last commit
+// on main before it): protocol 2 with the staged hand-over.
 const lastRelease = "7f332ce22f952630c05e3e2dca27be66dacd4c47"
 
 // builds are the echods built from git, once each per test binary run,

@@ -320,7 +320,7 @@ func TestReloadRandomBytesBinary(t *testing.T) {
 // that the new process misbehaved.
 func notStarted(t *testing.T, out string) {
 	t.Helper()
-	if want := "upgrade to generation 2: the new process could not be started: can't start child: "; !strings.Contains(out, want) || strings.Contains(out, "hand-over protocol") {
+	if want := "upgrade to generation 2: handoff: the new process could not be started: can't start child: "; !strings.Contains(out, want) || strings.Contains(out, "hand-over protocol") {
 		t.Fatalf("echod reload: %q, want it to lead with %q", out, want)
 	}
 }
@@ -823,13 +823,13 @@ func TestSIGHUPBurstLastConfigWins(t *testing.T) {
 // serves 350 streams and 2 short-connection workers, and idle clients take
 // every descriptor left: it accepts until EMFILE, backs off, and the rest
 // wait in the kernel backlog. A SIGHUP then cannot even open the
-// hand-over's channel: the upgrade fails saying so, in the log and in
-// `echod status`, no process is started, and generation 1 serves every
-// stream on. Once the idle clients leave, `echod reload` (its own request
-// waited in the control socket's backlog meanwhile) starts generation 2
-// under the same limit: it takes the streams its descriptor room holds,
-// generation 1 keeps and serves the rest until they close. No stream and
-// no short connection fails anywhere.
+// hand-over's channel: the upgrade fails saying so in the log, no process
+// is started, and generation 1 serves every stream on. Once the idle
+// clients leave, `echod status` gives the failure and its reason, and
+// `echod reload` starts generation 2 under the same limit: it takes the
+// streams its descriptor room holds, generation 1 keeps and serves the
+// rest until they close. No stream and no short connection fails
+// anywhere.
 func TestReloadOutOfFDs(t *testing.T) {
 	const limit, n, idle = 512, 350, 300
 	in := startEchodVia(t, []string{"sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$@"`, limit), "sh"},

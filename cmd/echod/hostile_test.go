@@ -8,6 +8,7 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -54,6 +55,7 @@ func vmRSSKiB(t *testing.T, pid int) int {
 // not in echod's RSS: the kernel bounds it, tcp_rmem and tcp_wmem.)
 func TestClientsThatNeverRead(t *testing.T) {
 	const hostile = 100
+	const drained = 10 // of them, that finally read everything back
 	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0")
 	addr, pid := in.addrs[0], in.cmd.Process.Pid
 	st, err := startStreams("tcp", addr, 20, 20*time.Millisecond)
@@ -83,15 +85,24 @@ func TestClientsThatNeverRead(t *testing.T) {
 			defer wg.Done()
 			defer c.Close()
 			counted := false
+			sent := sha256.New() // what this client wrote, in order
+			var sentN int64
 			for {
 				select {
 				case <-stop:
+					if i < drained {
+						if err := drainEcho(tc, sentN, sent.Sum(nil)); err != nil {
+							errc <- fmt.Errorf("hostile client %d, drained after the reload: %w", i, err)
+						}
+					}
 					return
 				default:
 				}
 				c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 				n, err := c.Write(chunk)
 				written.Add(int64(n))
+				sent.Write(chunk[:n])
+				sentN += int64(n)
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					if !counted {
 						counted = true
@@ -106,10 +117,14 @@ func TestClientsThatNeverRead(t *testing.T) {
 			}
 		}()
 	}
-	defer func() {
-		close(stop)
-		wg.Wait()
-	}()
+	var stopOnce sync.Once
+	stopClients := func() {
+		stopOnce.Do(func() {
+			close(stop)
+			wg.Wait()
+		})
+	}
+	defer stopClients()
 	ld := startLoad("tcp", addr, 4)
 	// Every hostile client blocked: echod stopped reading from it.
 	for deadline := time.Now().Add(20 * time.Second); blocked.Load() < hostile; time.Sleep(10 * time.Millisecond) {
@@ -145,9 +160,13 @@ func TestClientsThatNeverRead(t *testing.T) {
 	}
 	waitExit(t, pid, 10*time.Second)
 	waitRounds(t, st, 40)
+	// Now 10 of them stop writing, half-close, and read everything back:
+	// the exact bytes each wrote, those generation 1 had read and not yet
+	// written back included; and none of the others was cut off.
+	stopClients()
 	select {
 	case err := <-errc:
-		t.Fatalf("a client that never reads was cut off by the reload: %v", err)
+		t.Fatalf("a client that never read, after the reload: %v", err)
 	default:
 	}
 	stopLoad(t, addr, ld)
@@ -158,9 +177,26 @@ func TestClientsThatNeverRead(t *testing.T) {
 	t.Logf("%d clients that never read: %d bytes written in all (%d KiB each), %d since every one was blocked; echod RSS %d → %d KiB; reload: %s", hostile, written.Load(), written.Load()/hostile>>10, written.Load()-w0, rss0, rss1, ans)
 }
 
+// drainEcho half-closes c and reads the echo of everything sent to it (n
+// bytes whose SHA-256 is sum) until EOF, bounded.
+func drainEcho(c *net.TCPConn, n int64, sum []byte) error {
+	if err := c.CloseWrite(); err != nil {
+		return err
+	}
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got := sha256.New()
+	m, err := io.Copy(got, c)
+	if err != nil {
+		return fmt.Errorf("after %d of %d bytes: %w", m, n, err)
+	}
+	if m != n || !bytes.Equal(got.Sum(nil), sum) {
+		return fmt.Errorf("%d bytes back (SHA-256 %x), want the %d sent (%x)", m, got.Sum(nil), n, sum)
+	}
+	return nil
+}
+
 // TestClientsThatNeverSend: 100 clients connect and stay silent beside
-// streams and short-connection load. They hold a descriptor each and cost
-// nothing else; two reloads move every one of them with the streams (the
+// streams and short-connection load. Two reloads move every one of them with the streams (the
 // previous generation exits at once: nothing to drain), and afterwards
 // each silent connection is open and echoes what it finally sends.
 // (Closing them after a while is -idle-timeout's job: daemon's

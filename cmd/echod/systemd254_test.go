@@ -193,3 +193,70 @@ func TestSystemd254FDStorePreserveKeepsStreams(t *testing.T) {
 	}
 	t.Logf("systemd 254: %d streams across 3 stop + start, %d verified round trips", n, st.rounds.Load())
 }
+
+// TestSystemd254SignalOnlyReload: echod speaks Type=notify-reload's own
+// protocol too. With a drop-in that gives the shipped 254 unit
+// ReloadSignal=SIGHUP and no ExecReload=, systemd drives each reload by
+// the signal alone: it sends SIGHUP, echod answers RELOADING=1 with
+// MONOTONIC_USEC=, then the new generation's MAINPID= and READY=1, and
+// `systemctl reload` returns once the new generation serves — one upgrade
+// per reload, streams and short connections untouched. What this setup
+// cannot do, and why the shipped unit keeps ExecReload=echod reload: a
+// failed upgrade still ends the reload with READY=1, so `systemctl reload`
+// exits 0 with ReloadResult=success; only STATUS= (and the log) say it
+// failed, and the old generation serves on with the same MainPID.
+func TestSystemd254SignalOnlyReload(t *testing.T) {
+	m := systemdtest.StartWith(t, systemdtest.Backports254(t))
+	u := installShippedUnitsFrom(t, m, "254", "")
+	m.DropIn(t, u.service(), "signal-only", "[Service]\nReloadSignal=SIGHUP\nExecReload=\n")
+	u.startByActivation(t)
+	if p := u.m.Show(t, u.service(), "Type", "ReloadSignal", "ExecReload"); p["Type"] != "notify-reload" || p["ReloadSignal"] != strconv.Itoa(int(unix.SIGHUP)) || p["ExecReload"] != "" {
+		t.Fatalf("%s: %v, want Type=notify-reload, ReloadSignal=SIGHUP and no ExecReload=", u.service(), p)
+	}
+	const n = 50
+	st, err := startStreams("tcp", u.tcp, n, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	waitRounds(t, st, n)
+	lt := startLoad("tcp", u.tcp, 2)
+	defer lt.stop()
+	for i := 1; i <= 5; i++ {
+		before := u.show(t)["MainPID"]
+		upgrades := strings.Count(u.log(t), `msg="upgrade started"`)
+		if out, err := u.systemctl(t, "reload", u.service()); err != nil {
+			t.Fatalf("reload %d: %v\n%s\n%s", i, err, out, u.log(t))
+		}
+		p := u.m.Show(t, u.service(), "MainPID", "ActiveState", "ReloadResult")
+		if p["MainPID"] == before || p["ActiveState"] != "active" || p["ReloadResult"] != "success" {
+			t.Fatalf("reload %d returned with %v; want active, ReloadResult=success and a new MainPID (was %s)", i, p, before)
+		}
+		if got := strings.Count(u.log(t), `msg="upgrade started"`) - upgrades; got != 1 {
+			t.Fatalf("reload %d made %d upgrades, want 1:\n%s", i, got, u.log(t))
+		}
+		waitRounds(t, st, n)
+	}
+
+	// The limit: a failed upgrade reads as a successful reload.
+	before := u.show(t)["MainPID"]
+	if err := os.WriteFile(u.config, []byte("max-conns = -1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := u.systemctl(t, "reload", u.service()); err != nil {
+		t.Fatalf("systemctl reload failed (%v: %s): systemd 254 has learnt to fail a notify-reload reload; the shipped unit could drop ExecReload=", err, out)
+	}
+	p := u.m.Show(t, u.service(), "MainPID", "ActiveState", "ReloadResult", "StatusText")
+	if p["MainPID"] != before || p["ActiveState"] != "active" || p["ReloadResult"] != "success" || !strings.Contains(p["StatusText"], "last reload failed") || !strings.Contains(p["StatusText"], "max-conns") {
+		t.Fatalf("after the failed upgrade: %v; want the same MainPID %s, active, ReloadResult=success and STATUS= giving the failure", p, before)
+	}
+	waitRounds(t, st, n)
+	ok, failed, errs := lt.stop()
+	st.close()
+	if f := st.failures(); len(f) > 0 {
+		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
+	}
+	if failed > 0 || ok == 0 {
+		t.Fatalf("short connections: %d ok, %d failed: %v", ok, failed, errs)
+	}
+}

@@ -112,7 +112,8 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 		args    []string
 		breakIt func(r *faultRig)
 		want    string // in the reload error and the log; %BIN% is the binary's path
-		also    string // in the reload error too
+		also    string // in the reload error too (the log quotes '"')
+		killed  bool   // the new process was killed at the upgrade timeout
 	}{
 		{
 			name:    "binary exits 1",
@@ -127,7 +128,7 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 					r.t.Fatal(err)
 				}
 			},
-			want: "the new process could not be started: can't start child: can't start process %BIN%: exec: ",
+			want: "handoff: the new process could not be started: can't start child: can't start process %BIN%: exec: ",
 			also: ": permission denied",
 		},
 		{
@@ -135,21 +136,25 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 			args:    []string{"-upgrade-timeout", "500ms"},
 			breakIt: func(r *faultRig) { writeExec(r.t, r.bin, []byte("#!/bin/sh\nexec sleep 30\n")) },
 			want:    "nor became ready within the upgrade timeout, and was killed",
+			killed:  true,
 		},
 		{
 			name:    "config does not validate",
 			breakIt: func(r *faultRig) { r.writeConfig(rigConfig + "max-conns = -5\n") },
 			want:    "max-conns: -5 is negative",
+			also:    "max-conns: -5 is negative (child pid=",
 		},
 		{
 			name:    "config unparsable",
 			breakIt: func(r *faultRig) { r.writeConfig("listen = [\n") },
-			want:    "config",
+			want:    "echod.toml: toml: line 1",
+			also:    "unexpected EOF; expected value (child pid=",
 		},
 		{
 			name:    "listen address invalid",
 			breakIt: func(r *faultRig) { r.writeConfig(`listen = ["127.0.0.1:99999"]` + "\n") },
-			want:    "port",
+			want:    "is not a number from 0 to 65535",
+			also:    `bad listen address "127.0.0.1:99999": port "99999" is not a number from 0 to 65535 (child pid=`,
 		},
 	}
 	for _, tc := range cases {
@@ -160,11 +165,13 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 			if !strings.Contains(out, tc.also) {
 				t.Fatalf("echod reload: %q, want it to say %q too", out, tc.also)
 			}
-			if strings.Contains(tc.name, "never ready") {
+			if tc.killed {
 				// tableflip killed it at the timeout: nothing of it is left.
-				if m := regexp.MustCompile(`child pid=(\d+)`).FindStringSubmatch(out); m != nil {
-					waitExit(t, atoi(m[1]), 5*time.Second)
+				m := regexp.MustCompile(`new child pid=(\d+) timed out`).FindStringSubmatch(out)
+				if m == nil {
+					t.Fatalf("echod reload: %q, want the pid of the child killed at the timeout", out)
 				}
+				waitExit(t, atoi(m[1]), 5*time.Second)
 			}
 			r.servesOn()
 			r.repairAndReload()
