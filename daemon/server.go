@@ -47,7 +47,7 @@ type Config struct {
 
 // Stats is a snapshot of a server's counters. Every connection served is
 // accepted or adopted, and leaves closed or detached:
-// Accepted+Adopted = Active+Closed+Detached once no call is under way.
+// Accepted+Adopted = Active+Closed+Detached in every snapshot.
 type Stats struct {
 	Active      int    // connections being served now
 	Accepted    uint64 // connections handed to the handler since start
@@ -392,17 +392,19 @@ var closedChan = func() chan struct{} { ch := make(chan struct{}); close(ch); re
 // the server's [Echo] ([Echo.Bytes]): zero with any other handler, and
 // shared with other servers that serve with the same *Echo.
 func (s *Server) Stats() Stats {
+	// The connection counters change under mu with the set of
+	// connections, so read under it they are one snapshot: a connection
+	// counted Closed is no longer Active.
 	s.mu.Lock()
-	active := len(s.conns)
-	s.mu.Unlock()
 	st := Stats{
-		Active:      active,
-		Accepted:    s.accepted.Load(),
-		Adopted:     s.adopted.Load(),
-		Closed:      s.finished.Load(),
-		Detached:    s.detached.Load(),
-		ForceClosed: s.forceClosed.Load(),
+		Active:   len(s.conns),
+		Accepted: s.accepted.Load(),
+		Adopted:  s.adopted.Load(),
+		Closed:   s.finished.Load(),
+		Detached: s.detached.Load(),
 	}
+	s.mu.Unlock()
+	st.ForceClosed = s.forceClosed.Load()
 	if s.echo != nil {
 		st.Bytes = s.echo.Bytes()
 	}

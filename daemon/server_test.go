@@ -251,6 +251,54 @@ func TestEchoRoundTrip(t *testing.T) {
 	}
 }
 
+// TestStatsSnapshot: while connections come and go as fast as 4 clients
+// can make them, every Stats snapshot adds up: Accepted+Adopted =
+// Active+Closed+Detached (a connection counted Closed is no longer
+// Active).
+func TestStatsSnapshot(t *testing.T) {
+	const clients, each = 4, 500
+	ts := start(t, daemon.Config{}, "tcp")
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for range clients {
+		wg.Go(func() {
+			for range each {
+				c, err := net.DialTimeout("tcp", ts.addr, ioTimeout)
+				if err != nil {
+					errs <- err
+					return
+				}
+				c.SetDeadline(time.Now().Add(ioTimeout))
+				err = echo(c, []byte("x"))
+				c.Close()
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	snapshots := 0
+	for running := true; running; snapshots++ {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		st := ts.srv.Stats()
+		if st.Accepted+st.Adopted != uint64(st.Active)+st.Closed+st.Detached {
+			t.Fatalf("snapshot %d does not add up: %+v", snapshots, st)
+		}
+	}
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("%d snapshots, all consistent", snapshots)
+}
+
 func TestEchoManyConcurrentConns(t *testing.T) {
 	const conns = 200
 	for _, network := range networks {
