@@ -165,10 +165,7 @@ func TestFDStoreRestartKeepsStreams(t *testing.T) {
 		waitRounds(t, st, n) // every stream goes on, served by the new process
 	}
 	ok, failed, errs := lt.stop()
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	if failed > 0 || lt.refused.Load() > 0 || ok == 0 {
 		t.Fatalf("short connections across restarts: %d ok, %d failed (%d refused): %v", ok, failed, lt.refused.Load(), errs)
 	}

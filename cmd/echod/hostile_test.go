@@ -170,10 +170,7 @@ func TestClientsThatNeverRead(t *testing.T) {
 	default:
 	}
 	stopLoad(t, addr, ld)
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	t.Logf("%d clients that never read: %d bytes written in all (%d KiB each), %d since every one was blocked; echod RSS %d → %d KiB; reload: %s", hostile, written.Load(), written.Load()/hostile>>10, written.Load()-w0, rss0, rss1, ans)
 }
 
@@ -238,10 +235,7 @@ func TestClientsThatNeverSend(t *testing.T) {
 		}
 	}
 	stopLoad(t, addr, ld)
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 }
 
 // TestConnectResetFlood: for 10 s, 3 goroutines connect and at once close
@@ -314,10 +308,7 @@ func TestConnectResetFlood(t *testing.T) {
 	if err := normal.roundTrip(100); err != nil {
 		t.Fatalf("the normal client after the flood: %v", err)
 	}
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	t.Logf("%d connect-and-reset in %v (%.0f/s) from %d goroutines; the normal client: %d round trips, worst %v; echod fds %d before and after", resets.Load(), dur, float64(resets.Load())/dur.Seconds(), flooders, rounds, worst.Round(time.Microsecond), fds0)
 }
 
@@ -464,9 +455,6 @@ func TestHalfCloseEchoesEverything(t *testing.T) {
 	wait("half-close across a reload", len(moving), errc)
 
 	stopLoad(t, addr, ld)
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	t.Logf("%d half-closed clients echoed in full; %d more across a reload (%s)", len(plain), len(moving), ans)
 }

@@ -54,10 +54,7 @@ func TestMigrateStreamsAcrossReloads(t *testing.T) {
 	if got := listenInode(t, in.addrs[0]); got != inode {
 		t.Fatalf("listening socket changed: inode %s, was %s", got, inode)
 	}
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	t.Logf("%d streams, %d verified round trips across 20 reloads", n, st.rounds.Load())
 }
 
@@ -94,10 +91,7 @@ func TestMigrateBeyondFDRoom(t *testing.T) {
 	if !alive(old) {
 		t.Fatalf("generation 1 exited with %d connections to drain", draining)
 	}
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	waitExit(t, old, 10*time.Second) // drained once its clients closed
 	t.Logf("%s; %d verified round trips", ans, st.rounds.Load())
 }
@@ -148,10 +142,7 @@ func TestMigrateUnderSIGHUPStorm(t *testing.T) {
 		}
 	}
 	ok, failed, errs := ld.stop()
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	if failed > 0 {
 		t.Fatalf("%d short connections failed (of %d): %v", failed, ok+failed, errs)
 	}

@@ -160,10 +160,7 @@ func soakReloads(t testing.TB, streams, reloads int) (first, last genResources) 
 			last = settle(reloads + 1)
 		}
 	}
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	if failed > 0 || ok == 0 {
 		t.Fatalf("short connections: %d ok, %d failed: %v", ok, failed, errs)
 	}

@@ -149,6 +149,15 @@ func (s *streams) failures() []string {
 	return append([]string(nil), s.errs...)
 }
 
+// closeIntact closes the streams and fails t if any of them failed.
+func (s *streams) closeIntact(t testing.TB) {
+	t.Helper()
+	s.close()
+	if f := s.failures(); len(f) > 0 {
+		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
+	}
+}
+
 // close stops every stream and closes the connections.
 func (s *streams) close() {
 	select {

@@ -232,10 +232,7 @@ func TestSystemManager254FDStorePreserve(t *testing.T) {
 		}
 	}
 	r, out := short.stop(t)
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	checkReport(t, "short connections across stop + start", r, out)
 	if c := strings.Count(s.Journal(t, unit), "connections restored from the systemd fd store"); c != 2 {
 		t.Fatalf("%d processes restored connections, want 2:\n%s", c, s.Journal(t, unit))

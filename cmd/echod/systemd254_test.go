@@ -82,10 +82,7 @@ func TestSystemd254NotifyReload(t *testing.T) {
 	waitRounds(t, st, n)
 
 	ok, failed, errs := lt.stop()
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	if failed > 0 || ok == 0 {
 		t.Fatalf("short connections across the reloads: %d ok, %d failed: %v", ok, failed, errs)
 	}
@@ -184,10 +181,7 @@ func TestSystemd254FDStorePreserveKeepsStreams(t *testing.T) {
 		}
 		waitRounds(t, st, n)
 	}
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	if c := strings.Count(u.log(t), "connections restored from the systemd fd store"); c != 3 {
 		t.Fatalf("%d processes restored connections, want 3:\n%s", c, u.log(t))
 	}
@@ -252,10 +246,7 @@ func TestSystemd254SignalOnlyReload(t *testing.T) {
 	}
 	waitRounds(t, st, n)
 	ok, failed, errs := lt.stop()
-	st.close()
-	if f := st.failures(); len(f) > 0 {
-		t.Fatalf("%d streams failed: %v", len(f), f[:min(len(f), 5)])
-	}
+	st.closeIntact(t)
 	if failed > 0 || ok == 0 {
 		t.Fatalf("short connections: %d ok, %d failed: %v", ok, failed, errs)
 	}
