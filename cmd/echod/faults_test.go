@@ -262,6 +262,16 @@ func (r *faultRig) servesOn() {
 	}
 }
 
+// servesOnThenRepaired is the end of every failed-reload case: generation
+// 1 serves on (servesOn), the repaired binary and config reload and move
+// every stream (repairAndReload), and no client noticed (finish).
+func (r *faultRig) servesOnThenRepaired() {
+	r.t.Helper()
+	r.servesOn()
+	r.repairAndReload()
+	r.finish()
+}
+
 // repairAndReload restores the binary and the config: the next reload
 // moves every stream to generation 2.
 func (r *faultRig) repairAndReload() {
@@ -307,9 +317,7 @@ func TestReloadRandomBytesBinary(t *testing.T) {
 	writeExec(t, r.bin, junk)
 	out := r.reloadFails("exec format error")
 	notStarted(t, out)
-	r.servesOn()
-	r.repairAndReload()
-	r.finish()
+	r.servesOnThenRepaired()
 	t.Logf("echod reload: %s", out)
 }
 
@@ -332,9 +340,7 @@ func TestReloadBinaryMissing(t *testing.T) {
 	}
 	out := r.reloadFails("no such file or directory")
 	notStarted(t, out)
-	r.servesOn()
-	r.repairAndReload()
-	r.finish()
+	r.servesOnThenRepaired()
 	t.Logf("echod reload: %s", out)
 }
 
@@ -382,9 +388,7 @@ func TestReloadStoppedAfterListeners(t *testing.T) {
 	if r.in.log.has(contains("msg=ready", "gen=2 ")) {
 		t.Fatalf("generation 2 committed before the SIGSTOP reached it: the test did not stop it in time\n%s", r.in.log)
 	}
-	r.servesOn()
-	r.repairAndReload()
-	r.finish()
+	r.servesOnThenRepaired()
 	where := "before its ready message: generation 1 never paused accepting"
 	if strings.Contains(a.out, "during the hand-over") {
 		where = "during the copies, after its ready message: generation 1 paused accepting until the timeout"
@@ -832,12 +836,7 @@ func TestReloadOutOfFDs(t *testing.T) {
 	in := startEchodVia(t, []string{"sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$@"`, limit), "sh"},
 		echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "1m")
 	addr, pid1 := in.addrs[0], in.cmd.Process.Pid
-	st, err := startStreams("tcp", addr, n, 50*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.close)
-	waitRounds(t, st, n)
+	st := mustStreams(t, "tcp", addr, n, 50*time.Millisecond)
 	ld := startLoad("tcp", addr, 2)
 	t.Cleanup(func() { ld.stop() })
 

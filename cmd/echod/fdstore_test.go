@@ -144,12 +144,7 @@ func TestFDStoreRestartKeepsStreams(t *testing.T) {
 	tcp := freePort(t)
 	u := installFDStoreUnit(t, m, tcp)
 	u.start(t)
-	st, err := startStreams("tcp", tcp, n, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
-	waitRounds(t, st, n)
+	st := mustStreams(t, "tcp", tcp, n, 20*time.Millisecond)
 	lt := startLoad("tcp", tcp, 2)
 	for i := 1; i <= 10; i++ {
 		prev := u.show(t)["MainPID"]

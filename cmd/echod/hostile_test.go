@@ -58,12 +58,7 @@ func TestClientsThatNeverRead(t *testing.T) {
 	const drained = 10 // of them, that finally read everything back
 	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0")
 	addr, pid := in.addrs[0], in.cmd.Process.Pid
-	st, err := startStreams("tcp", addr, 20, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
-	waitRounds(t, st, 20)
+	st := mustStreams(t, "tcp", addr, 20, 20*time.Millisecond)
 	rss0 := vmRSSKiB(t, pid)
 
 	stop := make(chan struct{})
@@ -248,12 +243,7 @@ func TestConnectResetFlood(t *testing.T) {
 	const flooders, dur = 3, 10 * time.Second
 	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0")
 	addr, pid := in.addrs[0], in.cmd.Process.Pid
-	st, err := startStreams("tcp", addr, 20, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
-	waitRounds(t, st, 20)
+	st := mustStreams(t, "tcp", addr, 20, 20*time.Millisecond)
 	normal := mustEcho(t, "tcp", addr, 100)
 	fds0 := fdCount(t, pid)
 

@@ -19,12 +19,7 @@ import (
 func TestSecondSIGTERMForcesStop(t *testing.T) {
 	const n = 50
 	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "5m")
-	st, err := startStreams("tcp", in.addrs[0], n, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
-	waitRounds(t, st, n)
+	st := mustStreams(t, "tcp", in.addrs[0], n, 20*time.Millisecond)
 	in.cmd.Process.Signal(syscall.SIGTERM)
 	in.log.waitFor(t, 10*time.Second, "draining", contains("msg=draining", "gen=1 "))
 	waitRounds(t, st, 2*n) // served during the drain

@@ -22,12 +22,7 @@ var movedRe = regexp.MustCompile(`moved=(\d+) draining=(\d+)`)
 func TestMigrateStreamsAcrossReloads(t *testing.T) {
 	const n = 1000
 	in := startEchod(t, echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "5m")
-	st, err := startStreams("tcp", in.addrs[0], n, 50*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
-	waitRounds(t, st, n)
+	st := mustStreams(t, "tcp", in.addrs[0], n, 50*time.Millisecond)
 	prev := in.cmd.Process.Pid
 	inode := listenInode(t, in.addrs[0])
 	for gen := 2; gen <= 21; gen++ {
@@ -66,12 +61,7 @@ func TestMigrateBeyondFDRoom(t *testing.T) {
 	const n, nofile = 200, 400 // room: 400 less ~15 open and a batch's margin
 	limited := []string{"sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile)}
 	in := startEchodVia(t, limited, echodBin(t), "-listen", "127.0.0.1:0", "-drain-timeout", "5m")
-	st, err := startStreams("tcp", in.addrs[0], n, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
-	waitRounds(t, st, n)
+	st := mustStreams(t, "tcp", in.addrs[0], n, 20*time.Millisecond)
 	old := in.cmd.Process.Pid
 	ans, err := in.reload()
 	if err != nil {

@@ -38,6 +38,20 @@ func startStreams(network, addr string, n int, interval time.Duration) (*streams
 	return startStreamsDial(func() (net.Conn, error) { return net.DialTimeout(network, addr, 10*time.Second) }, n, interval)
 }
 
+// mustStreams opens n streams to addr, closes them when the test ends,
+// and waits until each has made a round trip; it fails t if one cannot
+// connect.
+func mustStreams(t testing.TB, network, addr string, n int, interval time.Duration) *streams {
+	t.Helper()
+	st, err := startStreams(network, addr, n, interval)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.close)
+	waitRounds(t, st, int64(n))
+	return st
+}
+
 // startStreamsDial is startStreams with the connections made by dial.
 func startStreamsDial(dial func() (net.Conn, error), n int, interval time.Duration) (*streams, error) {
 	s := &streams{stop: make(chan struct{})}

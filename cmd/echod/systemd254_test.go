@@ -30,12 +30,7 @@ func TestSystemd254NotifyReload(t *testing.T) {
 	u := installShippedUnitsFrom(t, m, "254", "")
 	u.startByActivation(t)
 	const n = 50
-	st, err := startStreams("tcp", u.tcp, n, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
-	waitRounds(t, st, n)
+	st := mustStreams(t, "tcp", u.tcp, n, 20*time.Millisecond)
 	lt := startLoad("tcp", u.tcp, 2)
 	pids := map[string]bool{}
 	for i := 1; i <= 10; i++ {
@@ -150,12 +145,7 @@ func TestSystemd254FDStorePreserveKeepsStreams(t *testing.T) {
 	// nothing refers to is unloaded, and its store with it.
 	m.DropIn(t, systemdtest.BootTarget, "enable-"+u.name, "[Unit]\nWants="+u.service()+"\n")
 	u.start(t)
-	st, err := startStreams("tcp", tcp, n, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
-	waitRounds(t, st, n)
+	st := mustStreams(t, "tcp", tcp, n, 20*time.Millisecond)
 	for i := 1; i <= 3; i++ {
 		prev := u.show(t)["MainPID"]
 		u.mustSystemctl(t, "stop", u.service())
@@ -208,12 +198,7 @@ func TestSystemd254SignalOnlyReload(t *testing.T) {
 		t.Fatalf("%s: %v, want Type=notify-reload, ReloadSignal=SIGHUP and no ExecReload=", u.service(), p)
 	}
 	const n = 50
-	st, err := startStreams("tcp", u.tcp, n, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
-	waitRounds(t, st, n)
+	st := mustStreams(t, "tcp", u.tcp, n, 20*time.Millisecond)
 	lt := startLoad("tcp", u.tcp, 2)
 	defer lt.stop()
 	for i := 1; i <= 5; i++ {

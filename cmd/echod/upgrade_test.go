@@ -173,9 +173,7 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 				}
 				waitExit(t, atoi(m[1]), 5*time.Second)
 			}
-			r.servesOn()
-			r.repairAndReload()
-			r.finish()
+			r.servesOnThenRepaired()
 			t.Logf("echod reload: %s", out)
 		})
 	}
